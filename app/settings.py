@@ -1,0 +1,129 @@
+"""Assay's settings, read once from the environment at start-up.
+
+Every process (API, worker, simulator, CLI) builds one `Settings` with
+`Settings.from_env()` and passes it down; nothing reads the environment later.
+A missing or malformed value fails at once with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+Number = TypeVar("Number", int, float)
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/assay"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    # Every Redis key and channel Assay uses starts with this, so that several
+    # deployments (or test runs) can share one Redis without seeing each other.
+    redis_prefix: str = "assay"
+    openai_base_url: str | None = None
+    openai_api_key: str | None = dataclasses.field(default=None, repr=False)
+    model_timeout_s: float = 60.0
+    model_max_retries: int = 3
+    default_concurrency: int = 8
+    max_concurrency: int = 64
+    db_pool_max_size: int = 10
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        return cls(
+            database_url=_url(env, "DATABASE_URL", DEFAULT_DATABASE_URL,
+                              ("postgresql", "postgres")),
+            redis_url=_url(env, "REDIS_URL", DEFAULT_REDIS_URL,
+                           ("redis", "rediss", "unix")),
+            redis_prefix=_prefix(env, "ASSAY_REDIS_PREFIX", "assay"),
+            openai_base_url=_optional_url(env, "OPENAI_BASE_URL"),
+            openai_api_key=env.get("OPENAI_API_KEY") or None,
+            model_timeout_s=_number(env, "ASSAY_MODEL_TIMEOUT_S", 60.0, float,
+                                    minimum=0.1),
+            model_max_retries=_number(env, "ASSAY_MODEL_MAX_RETRIES", 3, int,
+                                      minimum=0),
+            default_concurrency=_number(env, "ASSAY_DEFAULT_CONCURRENCY", 8, int,
+                                        minimum=1),
+            max_concurrency=_number(env, "ASSAY_MAX_CONCURRENCY", 64, int,
+                                    minimum=1),
+            db_pool_max_size=_number(env, "ASSAY_DB_POOL_SIZE", 10, int, minimum=2),
+        )
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def safe_database_url(self) -> str:
+        """The database URL with any password masked, for logs and messages."""
+        return mask_password(self.database_url)
+
+    @property
+    def safe_redis_url(self) -> str:
+        return mask_password(self.redis_url)
+
+
+def mask_password(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _url(env: Mapping[str, str], name: str, default: str,
+         schemes: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip() or default
+    scheme = urlsplit(value).scheme
+    if scheme not in schemes:
+        raise SettingsError(
+            f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
+            f", got {mask_password(value)!r}"
+        )
+    return value
+
+
+def _optional_url(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    if urlsplit(value).scheme not in ("http", "https"):
+        raise SettingsError(f"{name} must be an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _prefix(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip() or default
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
+        raise SettingsError(
+            f"{name} must be 1-64 letters, digits or _ . : -, got {value!r}"
+        )
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, default: Number,
+            kind: Callable[[str], Number], *, minimum: Number) -> Number:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(
+            f"{name} must be {'a whole number' if kind is int else 'a number'}"
+            f", got {raw!r}"
+        ) from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value

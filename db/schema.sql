@@ -1,0 +1,121 @@
+-- The whole of Assay's database schema, and the only place DDL lives.
+--
+-- `assay migrate` runs this file inside one transaction under an advisory
+-- lock, so it must stay safe to apply to an empty database and to one that is
+-- already up to date. The version below is what `serve` and `worker` require;
+-- raise it whenever this file changes.
+--
+-- assay-schema-version: 1
+
+CREATE TABLE IF NOT EXISTS schema_version (
+    version    integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS test_sets (
+    id          bigserial PRIMARY KEY,
+    name        text NOT NULL CHECK (length(btrim(name)) > 0),
+    description text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT test_sets_name_unique UNIQUE (name)
+);
+
+CREATE TABLE IF NOT EXISTS categories (
+    id          bigserial PRIMARY KEY,
+    test_set_id bigint NOT NULL REFERENCES test_sets (id) ON DELETE CASCADE,
+    name        text NOT NULL CHECK (length(btrim(name)) > 0),
+    description text,
+    CONSTRAINT categories_name_unique UNIQUE (test_set_id, name)
+);
+
+-- position keeps the order the cases were given in; pages and evaluation runs
+-- walk a test set by it.
+CREATE TABLE IF NOT EXISTS test_cases (
+    id              bigserial PRIMARY KEY,
+    test_set_id     bigint NOT NULL REFERENCES test_sets (id) ON DELETE CASCADE,
+    category_id     bigint REFERENCES categories (id) ON DELETE CASCADE,
+    position        integer NOT NULL CHECK (position >= 0),
+    input           jsonb NOT NULL CHECK (jsonb_typeof(input) = 'object'),
+    expected_output text,
+    metadata        jsonb,
+    CONSTRAINT test_cases_position_unique UNIQUE (test_set_id, position)
+);
+CREATE INDEX IF NOT EXISTS test_cases_category_idx
+    ON test_cases (category_id, position);
+
+-- The counters are kept by the worker in the same transaction that stores a
+-- result, so they always agree with evaluation_results. last_sequence is the
+-- sequence of the newest progress event and is bumped under the row lock,
+-- which is what keeps sequences gap-free and in commit order.
+CREATE TABLE IF NOT EXISTS evaluations (
+    id              bigserial PRIMARY KEY,
+    test_set_id     bigint NOT NULL REFERENCES test_sets (id) ON DELETE CASCADE,
+    name            text,
+    status          text NOT NULL DEFAULT 'QUEUED' CHECK (status IN
+                        ('QUEUED', 'IN_PROGRESS', 'COMPLETED', 'FAILED', 'CANCELLED')),
+    model           text NOT NULL CHECK (length(btrim(model)) > 0),
+    prompt_template text NOT NULL,
+    system_prompt   text,
+    temperature     double precision,
+    max_tokens      integer CHECK (max_tokens > 0),
+    scorer_type     text NOT NULL CHECK (scorer_type IN
+                        ('EXACT_MATCH', 'CONTAINS', 'REGEX', 'NUMERIC')),
+    scorer_options  jsonb NOT NULL DEFAULT '{}'::jsonb,
+    concurrency     integer NOT NULL CHECK (concurrency > 0),
+    total_cases     integer NOT NULL CHECK (total_cases >= 0),
+    completed_cases integer NOT NULL DEFAULT 0 CHECK (completed_cases >= 0),
+    failed_cases    integer NOT NULL DEFAULT 0 CHECK (failed_cases >= 0),
+    scored_cases    integer NOT NULL DEFAULT 0 CHECK (scored_cases >= 0),
+    passed_cases    integer NOT NULL DEFAULT 0 CHECK (passed_cases >= 0),
+    score_sum       double precision NOT NULL DEFAULT 0 CHECK (score_sum >= 0),
+    last_sequence   integer NOT NULL DEFAULT 0 CHECK (last_sequence >= 0),
+    attempt         integer NOT NULL DEFAULT 1 CHECK (attempt > 0),
+    error           text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    started_at      timestamptz,
+    completed_at    timestamptz,
+    CHECK (completed_cases <= total_cases),
+    CHECK (failed_cases + scored_cases = completed_cases),
+    CHECK (passed_cases <= scored_cases)
+);
+CREATE INDEX IF NOT EXISTS evaluations_test_set_idx
+    ON evaluations (test_set_id, id DESC);
+CREATE INDEX IF NOT EXISTS evaluations_status_idx
+    ON evaluations (status, id DESC);
+
+-- One result per (evaluation, test case): a worker that runs a case again
+-- after a crash cannot store it twice.
+CREATE TABLE IF NOT EXISTS evaluation_results (
+    id                bigserial PRIMARY KEY,
+    evaluation_id     bigint NOT NULL REFERENCES evaluations (id) ON DELETE CASCADE,
+    test_case_id      bigint NOT NULL REFERENCES test_cases (id) ON DELETE CASCADE,
+    output            text,
+    score             double precision CHECK (score >= 0 AND score <= 1),
+    passed            boolean,
+    error             text,
+    latency_ms        integer CHECK (latency_ms >= 0),
+    prompt_tokens     integer CHECK (prompt_tokens >= 0),
+    completion_tokens integer CHECK (completion_tokens >= 0),
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT evaluation_results_case_unique UNIQUE (evaluation_id, test_case_id),
+    -- A result is either scored or failed, never both and never neither.
+    CHECK ((error IS NULL) = (score IS NOT NULL AND passed IS NOT NULL))
+);
+
+-- Every progress event that was announced, so that a subscriber who comes
+-- late or reconnects can replay what pub/sub never kept.
+CREATE TABLE IF NOT EXISTS progress_events (
+    evaluation_id   bigint NOT NULL REFERENCES evaluations (id) ON DELETE CASCADE,
+    sequence        integer NOT NULL CHECK (sequence > 0),
+    kind            text NOT NULL CHECK (kind IN ('STATUS_CHANGED', 'RESULT_ADDED')),
+    status          text NOT NULL,
+    completed_cases integer NOT NULL CHECK (completed_cases >= 0),
+    failed_cases    integer NOT NULL CHECK (failed_cases >= 0),
+    score           double precision,
+    result_id       bigint REFERENCES evaluation_results (id) ON DELETE CASCADE,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (evaluation_id, sequence),
+    CHECK ((kind = 'RESULT_ADDED') = (result_id IS NOT NULL))
+);
+
+INSERT INTO schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
