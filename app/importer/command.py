@@ -1,0 +1,339 @@
+"""The `assay import` command: create a test set from a file through the API.
+
+The import runs in two passes over the file. The first reads and checks every
+record without contacting the server, so a bad line stops the import before
+anything exists. The second reads the file again and sends it in batches:
+`createTestSet` with the first batch, `appendTestCases` with each further one.
+If a request fails part-way, the test set that was created is deleted, so a
+test set is either imported whole or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+
+from app.importer.readers import (
+    FORMATS,
+    FieldOptions,
+    ImportFileError,
+    guess_format,
+    read_test_cases,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://127.0.0.1:8000/graphql"
+DEFAULT_BATCH_SIZE = 500
+
+# Storing a batch of test cases takes the server one transaction; a large
+# batch on a busy database can take well over httpx's default of five seconds.
+_REQUEST_TIMEOUT_S = 120.0
+_CONNECT_TIMEOUT_S = 10.0
+
+_TEST_SET_FIELDS = "id name testCaseCount categories { name }"
+
+_CREATE_TEST_SET = """
+mutation CreateTestSet($input: CreateTestSetInput!) {
+  createTestSet(input: $input) { %s }
+}
+""" % _TEST_SET_FIELDS
+
+_APPEND_TEST_CASES = """
+mutation AppendTestCases($testSetId: ID!, $testCases: [TestCaseInput!]!) {
+  appendTestCases(testSetId: $testSetId, testCases: $testCases) { %s }
+}
+""" % _TEST_SET_FIELDS
+
+_DELETE_TEST_SET = """
+mutation DeleteTestSet($id: ID!) {
+  deleteTestSet(id: $id)
+}
+"""
+
+
+class ApiError(Exception):
+    """A request to the Assay API failed: unreachable, or answered an error."""
+
+
+class _ImportAborted(Exception):
+    """The import stopped part-way; the message says why and what was undone."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of `assay import` to its subparser."""
+    parser.add_argument(
+        "file", type=Path, metavar="FILE",
+        help="the test cases: JSON Lines, a JSON array of objects, CSV or TSV")
+    parser.add_argument(
+        "--name", required=True, help="the name of the new test set")
+    parser.add_argument(
+        "--description", metavar="TEXT", help="a description of the test set")
+    parser.add_argument(
+        "--url", default=DEFAULT_URL,
+        help=f"the Assay GraphQL API, or the server's base URL "
+        f"(default: {DEFAULT_URL})")
+    parser.add_argument(
+        "--format", choices=FORMATS, dest="file_format",
+        help="the file format (default: guessed from the extension: .jsonl, "
+        ".ndjson, .json, .csv, .tsv, .tab)")
+    parser.add_argument(
+        "--no-header", action="store_true",
+        help="the CSV or TSV file has no header row; its columns are named "
+        "column1, column2, ...")
+    parser.add_argument(
+        "--input-field", action="append", dest="input_fields", metavar="NAME",
+        help="a field that goes into each test case's input; repeat for more "
+        "(default: every field except the expected-output and category ones)")
+    parser.add_argument(
+        "--expected-field", metavar="NAME",
+        help="the field holding the expected output (default: the first of "
+        "expected_output, expected, answer that the first record has)")
+    parser.add_argument(
+        "--category-field", metavar="NAME",
+        help="the field holding the category (default: category, if the first "
+        "record has it)")
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help=f"test cases sent per request (default: {DEFAULT_BATCH_SIZE})")
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Import the file named by `args`; return the process exit code.
+
+    Errors are printed to stderr as `assay import: ...`; the one line of
+    success goes to stdout.
+    """
+    try:
+        url = api_url(args.url)
+        source = _Source.from_args(args)
+        num_test_cases = source.check()
+    except (ValueError, ImportFileError) as error:
+        return _fail(str(error))
+
+    logger.info("importing %d test cases from %s to %s",
+                num_test_cases, source.path, url)
+    started_s = time.monotonic()
+    async with _new_client() as client:
+        api = _AssayApi(client, url)
+        try:
+            test_set = await _send(api, source, args.name, args.description,
+                                   args.batch_size)
+        except (ApiError, _ImportAborted) as error:
+            return _fail(str(error))
+
+    logger.info("imported test set %s in %.1f s",
+                test_set["id"], time.monotonic() - started_s)
+    print(_success_line(test_set))
+    return 0
+
+
+def api_url(url: str) -> str:
+    """The GraphQL endpoint for `url`, which may be the server's base URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"--url must be an http:// or https:// URL, not {url!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/graphql"):
+        path += "/graphql"
+    return parts._replace(path=path).geturl()
+
+
+class _Source:
+    """The file to import and how to read it; each read streams it anew."""
+
+    def __init__(self, path: Path, file_format: str, options: FieldOptions,
+                 has_header: bool) -> None:
+        self.path = path
+        self.file_format = file_format
+        self.options = options
+        self.has_header = has_header
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> _Source:
+        path = Path(args.file)
+        if not path.exists():
+            raise ImportFileError(path, None, "no such file")
+        if not path.is_file():
+            raise ImportFileError(path, None, "not a file")
+        options = FieldOptions(
+            input_fields=tuple(args.input_fields or ()),
+            expected_field=args.expected_field,
+            category_field=args.category_field,
+        )
+        file_format = args.file_format or guess_format(path)
+        return cls(path, file_format, options, not args.no_header)
+
+    def test_cases(self) -> Iterator[dict[str, Any]]:
+        try:
+            yield from read_test_cases(
+                self.path, self.file_format, self.options,
+                has_header=self.has_header)
+        except OSError as error:
+            raise ImportFileError(
+                self.path, None, f"cannot read: {error.strerror or error}") from None
+
+    def check(self) -> int:
+        """Read every record once; the number of test cases, or the first
+        problem as an `ImportFileError`."""
+        num_test_cases = sum(1 for _ in self.test_cases())
+        if num_test_cases == 0:
+            raise ImportFileError(self.path, None, "the file has no test cases")
+        return num_test_cases
+
+
+class _AssayApi:
+    """The three mutations the importer needs, over GraphQL-over-HTTP."""
+
+    def __init__(self, client: httpx2.AsyncClient, url: str) -> None:
+        self._client = client
+        self.url = url
+
+    async def create_test_set(self, name: str, description: str | None,
+                              test_cases: list[dict[str, Any]]) -> dict[str, Any]:
+        test_set_input: dict[str, Any] = {"name": name, "testCases": test_cases}
+        if description is not None:
+            test_set_input["description"] = description
+        return await self._mutate(
+            "createTestSet", _CREATE_TEST_SET, {"input": test_set_input})
+
+    async def append_test_cases(self, test_set_id: str,
+                                test_cases: list[dict[str, Any]]) -> dict[str, Any]:
+        return await self._mutate(
+            "appendTestCases", _APPEND_TEST_CASES,
+            {"testSetId": test_set_id, "testCases": test_cases})
+
+    async def delete_test_set(self, test_set_id: str) -> None:
+        await self._mutate("deleteTestSet", _DELETE_TEST_SET, {"id": test_set_id})
+
+    async def _mutate(self, field: str, query: str,
+                      variables: dict[str, Any]) -> Any:
+        try:
+            response = await self._client.post(
+                self.url, json={"query": query, "variables": variables})
+        except httpx2.TimeoutException:
+            raise ApiError(
+                f"the Assay API at {self.url} did not answer {field} within "
+                f"{_REQUEST_TIMEOUT_S:.0f} s") from None
+        except httpx2.TransportError as error:
+            raise ApiError(f"cannot reach the Assay API at {self.url}: "
+                           f"{error or type(error).__name__}") from None
+
+        body = _json_or_none(response)
+        errors = body.get("errors") if isinstance(body, dict) else None
+        if errors:
+            raise ApiError(f"{field} failed: {_describe_error(errors[0])}")
+        data = body.get("data") if isinstance(body, dict) else None
+        if (response.status_code != 200 or not isinstance(data, dict)
+                or data.get(field) is None):
+            raise ApiError(
+                f"{field} failed: {self.url} answered HTTP {response.status_code} "
+                "without a result; is it an Assay API?")
+        return data[field]
+
+
+async def _send(api: _AssayApi, source: _Source, name: str,
+                description: str | None, batch_size: int) -> dict[str, Any]:
+    """Create the test set from the file's first batch and append the rest;
+    on any failure, delete what was created."""
+    test_set: dict[str, Any] | None = None
+    try:
+        for batch in _batches(source.test_cases(), batch_size):
+            if test_set is None:
+                test_set = await api.create_test_set(name, description, batch)
+            else:
+                test_set = await api.append_test_cases(test_set["id"], batch)
+            logger.info("test set %s has %d test cases",
+                        test_set["id"], test_set["testCaseCount"])
+    except (ApiError, ImportFileError) as error:
+        undone = await _discard(api, test_set)
+        raise _ImportAborted(f"{error}{undone}") from error
+    except BaseException:
+        # Interrupted (Ctrl-C cancels the running task) or a bug: still leave
+        # no half-imported test set behind, then let the exception go on.
+        logger.warning("import interrupted%s", await _discard(api, test_set))
+        raise
+
+    if test_set is None:
+        # The file was checked to have test cases; it changed since.
+        raise _ImportAborted(f"{source.path}: the file has no test cases")
+    return test_set
+
+
+async def _discard(api: _AssayApi, test_set: dict[str, Any] | None) -> str:
+    """Delete a partly imported test set; a clause saying what happened."""
+    if test_set is None:
+        return ""
+    test_set_id = test_set["id"]
+    try:
+        await api.delete_test_set(test_set_id)
+    except ApiError as error:
+        return (f"; the partly imported test set {test_set_id} could not be "
+                f"deleted ({error}): delete it by hand")
+    logger.info("deleted the partly imported test set %s", test_set_id)
+    return f"; the partly imported test set {test_set_id} was deleted"
+
+
+def _batches(test_cases: Iterable[dict[str, Any]],
+             batch_size: int) -> Iterator[list[dict[str, Any]]]:
+    iterator = iter(test_cases)
+    while batch := list(itertools.islice(iterator, batch_size)):
+        yield batch
+
+
+def _new_client() -> httpx2.AsyncClient:
+    timeout = httpx2.Timeout(_REQUEST_TIMEOUT_S, connect=_CONNECT_TIMEOUT_S)
+    return httpx2.AsyncClient(timeout=timeout)
+
+
+def _json_or_none(response: httpx2.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _describe_error(error: Any) -> str:
+    if not isinstance(error, dict):
+        return str(error)
+    message = str(error.get("message") or "no message")
+    extensions = error.get("extensions")
+    code = extensions.get("code") if isinstance(extensions, dict) else None
+    return f"{message} [{code}]" if code else message
+
+
+def _success_line(test_set: dict[str, Any]) -> str:
+    num_test_cases = test_set["testCaseCount"]
+    num_categories = len(test_set["categories"])
+    return (f'Created test set "{test_set["name"]}" (id {test_set["id"]}) with '
+            f'{_count(num_test_cases, "test case", "test cases")} in '
+            f'{_count(num_categories, "category", "categories")}.')
+
+
+def _count(number: int, singular: str, plural: str) -> str:
+    return f"{number} {singular if number == 1 else plural}"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
+def _fail(message: str) -> int:
+    print(f"assay import: {message}", file=sys.stderr)
+    return 1

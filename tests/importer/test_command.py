@@ -1,0 +1,340 @@
+"""`assay import` end to end, against a fake Assay API served on loopback.
+
+The fake is a small Starlette app under uvicorn that answers the three
+mutations the importer uses and records every request it gets, so the tests
+can check what reached the server, in what order, and what did not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from app.importer.command import add_arguments, api_url, run
+
+DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+
+_MUTATION_FIELD = re.compile(r"\b(createTestSet|appendTestCases|deleteTestSet)\s*\(")
+
+
+class FakeAssayApi:
+    """Answers createTestSet, appendTestCases and deleteTestSet like the real
+    API would for a well-formed request, and can be told to fail one call."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.test_sets: dict[str, dict[str, Any]] = {}
+        self.failing_call: tuple[str, int] | None = None
+        self.hanging_call: tuple[str, int] | None = None
+        self.hung = asyncio.Event()
+        self.release = asyncio.Event()
+
+    @property
+    def fields_called(self) -> list[str]:
+        return [field for field, _ in self.requests]
+
+    async def graphql(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        field = _MUTATION_FIELD.search(body["query"]).group(1)
+        variables = body["variables"]
+        self.requests.append((field, variables))
+        call = (field, self.fields_called.count(field))
+
+        if call == self.hanging_call:
+            self.hung.set()
+            await self.release.wait()
+        if call == self.failing_call:
+            return _graphql_error("test case 2 has an empty input", "BAD_USER_INPUT")
+        if field == "createTestSet":
+            test_set_id = f"ts_{len(self.test_sets) + 1}"
+            self.test_sets[test_set_id] = {"name": variables["input"]["name"],
+                                           "cases": []}
+            cases = variables["input"]["testCases"]
+        else:
+            test_set_id = variables.get("testSetId") or variables["id"]
+            cases = variables.get("testCases")
+        if test_set_id not in self.test_sets:
+            return _graphql_error(f"no test set {test_set_id}", "NOT_FOUND")
+
+        if field == "deleteTestSet":
+            del self.test_sets[test_set_id]
+            return JSONResponse({"data": {field: test_set_id}})
+        return JSONResponse({"data": {field: self._add(test_set_id, cases)}})
+
+    def _add(self, test_set_id: str, cases: list[dict[str, Any]]) -> dict[str, Any]:
+        test_set = self.test_sets[test_set_id]
+        test_set["cases"].extend(cases)
+        names = sorted({case["category"] for case in test_set["cases"]
+                        if "category" in case})
+        return {"id": test_set_id, "name": test_set["name"],
+                "testCaseCount": len(test_set["cases"]),
+                "categories": [{"name": name} for name in names]}
+
+
+def _graphql_error(message: str, code: str) -> JSONResponse:
+    return JSONResponse({"data": None, "errors": [
+        {"message": message, "extensions": {"code": code}}]})
+
+
+@pytest_asyncio.fixture
+async def fake_api():
+    fake = FakeAssayApi()
+    app = Starlette(routes=[Route("/graphql", fake.graphql, methods=["POST"])])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, lifespan="off", ws="none", log_level="warning")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    for _ in range(500):
+        if server.started or serving.done():
+            break
+        await asyncio.sleep(0.01)
+    assert server.started, "the fake Assay API did not start"
+
+    fake.url = f"http://127.0.0.1:{sock.getsockname()[1]}/graphql"
+    try:
+        yield fake
+    finally:
+        fake.release.set()
+        server.should_exit = True
+        await serving
+        sock.close()
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="assay import")
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def write_cases(tmp_path: Path, num_cases: int) -> Path:
+    path = tmp_path / "arithmetic.jsonl"
+    lines = [json.dumps({"question": f"{n} + {n}?", "answer": 2 * n,
+                         "category": "even" if n % 2 == 0 else "odd"})
+             for n in range(1, num_cases + 1)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+async def test_cases_are_sent_in_batches_create_then_append(tmp_path, fake_api, capsys):
+    path = write_cases(tmp_path, 5)
+
+    exit_code = await run(parse(str(path), "--name", "Arithmetic", "--url",
+                                fake_api.url, "--batch-size", "2"))
+
+    assert exit_code == 0
+    assert fake_api.fields_called == [
+        "createTestSet", "appendTestCases", "appendTestCases"]
+    assert [len(variables.get("testCases") or variables["input"]["testCases"])
+            for _, variables in fake_api.requests] == [2, 2, 1]
+    assert {variables.get("testSetId") for _, variables in fake_api.requests[1:]} \
+        == {"ts_1"}
+    assert capsys.readouterr().out == (
+        'Created test set "Arithmetic" (id ts_1) with 5 test cases '
+        "in 2 categories.\n")
+
+
+async def test_each_case_carries_input_expected_category_and_source_line(
+        tmp_path, fake_api):
+    path = write_cases(tmp_path, 3)
+
+    await run(parse(str(path), "--name", "Arithmetic", "--url", fake_api.url,
+                    "--description", "Doubling small numbers"))
+
+    _, variables = fake_api.requests[0]
+    assert variables["input"]["name"] == "Arithmetic"
+    assert variables["input"]["description"] == "Doubling small numbers"
+    assert variables["input"]["testCases"][2] == {
+        "input": {"question": "3 + 3?"},
+        "expectedOutput": "6",
+        "category": "odd",
+        "metadata": {"source_line": 3},
+    }
+
+
+async def test_a_base_url_without_graphql_reaches_the_api(tmp_path, fake_api, capsys):
+    path = write_cases(tmp_path, 1)
+    base_url = fake_api.url.removesuffix("/graphql") + "/"
+
+    exit_code = await run(parse(str(path), "--name", "One", "--url", base_url))
+
+    assert exit_code == 0
+    assert fake_api.fields_called == ["createTestSet"]
+    assert "with 1 test case in 1 category." in capsys.readouterr().out
+
+
+async def test_a_bad_file_sends_nothing_and_names_the_bad_line(
+        tmp_path, fake_api, capsys):
+    path = write_cases(tmp_path, 700)
+    with path.open("a", encoding="utf-8") as file:
+        file.write('{"question": "last?", "answer": 1,\n')
+
+    exit_code = await run(parse(str(path), "--name", "Broken", "--url",
+                                fake_api.url))
+
+    assert exit_code == 1
+    assert fake_api.requests == []
+    err = capsys.readouterr().err
+    assert err.startswith(f"assay import: {path}:701: invalid JSON")
+
+
+async def test_a_missing_named_field_sends_nothing(tmp_path, fake_api, capsys):
+    path = write_cases(tmp_path, 3)
+
+    exit_code = await run(parse(str(path), "--name", "X", "--url", fake_api.url,
+                                "--input-field", "prompt"))
+
+    assert exit_code == 1
+    assert fake_api.requests == []
+    assert f"{path}:1: the record has no input field 'prompt'" in \
+        capsys.readouterr().err
+
+
+async def test_a_failing_append_deletes_the_test_set_and_exits_non_zero(
+        tmp_path, fake_api, capsys):
+    path = write_cases(tmp_path, 5)
+    fake_api.failing_call = ("appendTestCases", 2)
+
+    exit_code = await run(parse(str(path), "--name", "Arithmetic", "--url",
+                                fake_api.url, "--batch-size", "2"))
+
+    assert exit_code == 1
+    assert fake_api.fields_called == [
+        "createTestSet", "appendTestCases", "appendTestCases", "deleteTestSet"]
+    assert fake_api.requests[-1][1] == {"id": "ts_1"}
+    assert fake_api.test_sets == {}
+    output = capsys.readouterr()
+    assert output.out == ""
+    assert output.err == (
+        "assay import: appendTestCases failed: test case 2 has an empty input "
+        "[BAD_USER_INPUT]; the partly imported test set ts_1 was deleted\n")
+
+
+async def test_an_interrupted_import_deletes_the_test_set(tmp_path, fake_api):
+    path = write_cases(tmp_path, 5)
+    fake_api.hanging_call = ("appendTestCases", 1)
+    importing = asyncio.create_task(run(parse(
+        str(path), "--name", "Arithmetic", "--url", fake_api.url,
+        "--batch-size", "2")))
+    await asyncio.wait_for(fake_api.hung.wait(), timeout=10)
+
+    importing.cancel()  # what Ctrl-C does to the command's task
+    with pytest.raises(asyncio.CancelledError):
+        await importing
+
+    assert fake_api.fields_called == [
+        "createTestSet", "appendTestCases", "deleteTestSet"]
+    assert fake_api.test_sets == {}
+
+
+async def test_a_failing_create_has_nothing_to_delete(tmp_path, fake_api, capsys):
+    path = write_cases(tmp_path, 5)
+    fake_api.failing_call = ("createTestSet", 1)
+
+    exit_code = await run(parse(str(path), "--name", "Arithmetic", "--url",
+                                fake_api.url))
+
+    assert exit_code == 1
+    assert fake_api.fields_called == ["createTestSet"]
+    assert capsys.readouterr().err == (
+        "assay import: createTestSet failed: test case 2 has an empty input "
+        "[BAD_USER_INPUT]\n")
+
+
+async def test_a_server_that_does_not_answer_is_named_in_the_error(tmp_path, capsys):
+    path = write_cases(tmp_path, 2)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/graphql"
+    # The port is free again: nothing listens there.
+
+    exit_code = await run(parse(str(path), "--name", "X", "--url", url))
+
+    assert exit_code == 1
+    assert capsys.readouterr().err.startswith(
+        f"assay import: cannot reach the Assay API at {url}: ")
+
+
+async def test_an_unknown_extension_without_format_sends_nothing(
+        tmp_path, fake_api, capsys):
+    path = tmp_path / "cases.txt"
+    path.write_text('{"question": "q"}\n', encoding="utf-8")
+
+    exit_code = await run(parse(str(path), "--name", "X", "--url", fake_api.url))
+
+    assert exit_code == 1
+    assert fake_api.requests == []
+    assert "--format" in capsys.readouterr().err
+
+    assert await run(parse(str(path), "--name", "X", "--url", fake_api.url,
+                           "--format", "jsonl")) == 0
+
+
+@pytest.mark.skipif(not DATASETS.is_dir(),
+                    reason=f"the public datasets are not at {DATASETS}")
+async def test_gsm8k_is_imported_in_three_batches(fake_api, capsys):
+    path = DATASETS / "gsm8k" / "test.jsonl"
+
+    exit_code = await run(parse(str(path), "--name", "GSM8K", "--url", fake_api.url))
+
+    assert exit_code == 0
+    assert fake_api.fields_called == [
+        "createTestSet", "appendTestCases", "appendTestCases"]
+    assert capsys.readouterr().out == (
+        'Created test set "GSM8K" (id ts_1) with 1319 test cases '
+        "in 0 categories.\n")
+
+
+@pytest.mark.skipif(not DATASETS.is_dir(),
+                    reason=f"the public datasets are not at {DATASETS}")
+async def test_mgsm_without_header_is_imported_by_column_names(fake_api, capsys):
+    path = DATASETS / "mgsm" / "mgsm_es.tsv"
+
+    exit_code = await run(parse(
+        str(path), "--name", "MGSM es", "--url", fake_api.url, "--no-header",
+        "--input-field", "column1", "--expected-field", "column2"))
+
+    assert exit_code == 0
+    case = fake_api.test_sets["ts_1"]["cases"][213]
+    assert case["input"]["column1"].startswith("Mientras está en la tienda \"Todo")
+    assert case["expectedOutput"] == "250"
+    assert "with 250 test cases in 0 categories." in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("http://127.0.0.1:8000", "http://127.0.0.1:8000/graphql"),
+    ("http://127.0.0.1:8000/", "http://127.0.0.1:8000/graphql"),
+    ("http://127.0.0.1:8000/graphql", "http://127.0.0.1:8000/graphql"),
+    ("https://127.0.0.1:8443/api/", "https://127.0.0.1:8443/api/graphql"),
+])
+def test_the_api_url_may_be_given_as_the_base_url(given, expected):
+    assert api_url(given) == expected
+
+
+def test_a_url_without_scheme_is_rejected():
+    with pytest.raises(ValueError, match="http"):
+        api_url("127.0.0.1:8000")
+
+
+@pytest.mark.parametrize("batch_size", ["0", "-3", "many"])
+def test_batch_size_must_be_a_positive_whole_number(batch_size, capsys):
+    with pytest.raises(SystemExit) as caught:
+        parse("cases.jsonl", "--name", "X", "--batch-size", batch_size)
+
+    assert caught.value.code == 2
+    assert "--batch-size" in capsys.readouterr().err
+
