@@ -18,6 +18,8 @@ Number = TypeVar("Number", int, float)
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/assay"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+OPENAI_URL = "https://api.openai.com/v1"
+LOCAL_SIMULATOR_URL = "http://127.0.0.1:8001/v1"
 
 
 class SettingsError(ValueError):
@@ -63,6 +65,16 @@ class Settings:
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def model_base_url(self) -> str:
+        """Where model calls go: OPENAI_BASE_URL; else OpenAI itself when a key
+        is set; else the simulator on its default local port."""
+        if self.openai_base_url:
+            return self.openai_base_url
+        if self.openai_api_key:
+            return OPENAI_URL
+        return LOCAL_SIMULATOR_URL
 
     @property
     def safe_database_url(self) -> str:

@@ -71,3 +71,22 @@ async def pool(settings):
     pool = await db.create_pool(settings)
     yield pool
     await pool.close()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def model_url(database_url):
+    """The simulated model most tests run against: right 70% of the time."""
+    from app.llm.simulator import SimulatorConfig
+    from tests.stack import simulator
+
+    async with simulator(database_url, SimulatorConfig(accuracy=0.7, seed=7)) as url:
+        yield url
+
+
+@pytest_asyncio.fixture(scope="session")
+async def stack(settings, model_url):
+    """The API and a worker, sharing this run's database and Redis prefix."""
+    from tests.stack import running_stack
+
+    async with running_stack(settings.replace(openai_base_url=model_url)) as stack:
+        yield stack

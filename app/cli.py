@@ -1,0 +1,149 @@
+"""The `assay` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from app.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        parser.exit(2, f"assay: {exc}\n")
+    try:
+        code = asyncio.run(args.command(args, settings))
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from app.importer import command as import_command
+    from app.llm import simulator
+
+    parser = argparse.ArgumentParser(
+        prog="assay", description="Assay: evaluate LLM features against test sets.")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the GraphQL API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(command=_serve)
+
+    worker = commands.add_parser("worker", help="run evaluations from the queue")
+    worker.add_argument("--max-evaluations", type=int, default=4,
+                        help="evaluations one worker runs at once (default 4)")
+    worker.set_defaults(command=_worker)
+
+    migrate = commands.add_parser("migrate", help="create or update the database schema")
+    migrate.set_defaults(command=_migrate)
+
+    schema = commands.add_parser("schema", help="print the served GraphQL schema (SDL)")
+    schema.set_defaults(command=_schema)
+
+    sim = commands.add_parser("simulator",
+                              help="run a simulated OpenAI-compatible model")
+    simulator.add_arguments(sim)
+    sim.set_defaults(command=simulator.run)
+
+    importer = commands.add_parser("import", help="create a test set from a file")
+    import_command.add_arguments(importer)
+    importer.set_defaults(command=_import)
+
+    demo = commands.add_parser(
+        "demo", help="run a whole evaluation with live progress, starting what is"
+        " missing")
+    from app import demo as demo_module
+    demo_module.add_arguments(demo)
+    demo.set_defaults(command=demo_module.run)
+    return parser
+
+
+async def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from app.server import create_app
+    from app.store import db
+
+    if not await _schema_is_current(settings, db):
+        return 1
+    config = uvicorn.Config(create_app(settings), host=args.host, port=args.port,
+                            log_config=None, ws_ping_interval=20)
+    await uvicorn.Server(config).serve()
+    return 0
+
+
+async def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from app.jobs.worker import build_worker
+    from app.store import db
+
+    if not await _schema_is_current(settings, db):
+        return 1
+    worker = build_worker(settings, max_evaluations=args.max_evaluations)
+    try:
+        await worker.async_run()
+    finally:
+        await worker.close()
+    return 0
+
+
+async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from app.store import db
+
+    version = await db.migrate(settings)
+    print(f"database schema is at version {version}")
+    return 0
+
+
+async def _schema(args: argparse.Namespace, settings: Settings) -> int:
+    from app.server import build_schema
+
+    print(build_schema().as_str())
+    return 0
+
+
+async def _import(args: argparse.Namespace, settings: Settings) -> int:
+    from app.importer import command as import_command
+
+    return await import_command.run(args)
+
+
+async def _schema_is_current(settings: Settings, db: Any) -> bool:
+    """Refuse to start on a database whose schema is behind, saying why."""
+    try:
+        pool = await db.create_pool(settings, max_size=2)
+    except (OSError, Exception) as exc:
+        print(f"assay: cannot connect to PostgreSQL at {settings.safe_database_url}:"
+              f" {exc}", file=sys.stderr)
+        return False
+    try:
+        await db.check_schema(pool)
+    except db.SchemaOutOfDate as exc:
+        print(f"assay: {exc}", file=sys.stderr)
+        return False
+    finally:
+        await pool.close()
+    return True
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The per-request context of the GraphQL API and its data loaders.
+
+Each loader answers one "things by key" question with one SQL statement per
+batch, so a list of a hundred evaluations costs the same few queries as one.
+Loaders do not cache: a websocket connection lives for hours and shares one
+context, and evaluations change under it all the time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+from arq.connections import ArqRedis
+from starlette.requests import Request
+from starlette.websockets import WebSocket
+from strawberry.dataloader import DataLoader
+
+from app.events import ProgressHub
+from app.settings import Settings
+from app.store import evaluations as evaluation_store
+from app.store import test_sets as test_set_store
+from app.store.rows import (
+    CategoryRow,
+    CategoryScoreRow,
+    EvaluationRow,
+    TestCaseRow,
+    TestSetRow,
+)
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+@dataclasses.dataclass(frozen=True)
+class Services:
+    """What the API process holds for its whole life (see app/server.py)."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    arq: ArqRedis
+    hub: ProgressHub
+
+
+class Loaders:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.test_set = _by_id(pool, test_set_store.test_sets_by_ids)
+        self.category = _by_id(pool, test_set_store.categories_by_ids)
+        self.test_case = _by_id(pool, test_set_store.test_cases_by_ids)
+        self.evaluation = _by_id(pool, evaluation_store.evaluations_by_ids)
+        self.categories_of_test_set = _grouped(
+            pool, test_set_store.categories_by_test_set_ids, "test_set_id")
+        self.scores_of_evaluation = _grouped(
+            pool, evaluation_store.category_scores, "evaluation_id")
+        self.case_count_of_test_set = _counted(
+            pool, test_set_store.count_cases_by_test_set)
+        self.case_count_of_category = _counted(
+            pool, test_set_store.count_cases_by_category)
+
+    test_set: DataLoader[int, TestSetRow | None]
+    category: DataLoader[int, CategoryRow | None]
+    test_case: DataLoader[int, TestCaseRow | None]
+    evaluation: DataLoader[int, EvaluationRow | None]
+    categories_of_test_set: DataLoader[int, list[CategoryRow]]
+    scores_of_evaluation: DataLoader[int, list[CategoryScoreRow]]
+    case_count_of_test_set: DataLoader[int, int]
+    case_count_of_category: DataLoader[int, int]
+
+
+@dataclasses.dataclass
+class Context:
+    services: Services
+    request: Request | WebSocket
+    loaders: Loaders
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.services.pool
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+
+def _by_id(pool: asyncpg.Pool,
+           fetch: Callable[[asyncpg.Pool, Sequence[int]], Awaitable[list[Any]]],
+           ) -> DataLoader[int, Any]:
+    async def load(ids: list[int]) -> list[Any]:
+        rows = {row.id: row for row in await fetch(pool, ids)}
+        return [rows.get(i) for i in ids]
+
+    return DataLoader(load, cache=False)
+
+
+def _grouped(pool: asyncpg.Pool,
+             fetch: Callable[[asyncpg.Pool, Sequence[int]], Awaitable[Iterable[Any]]],
+             key_field: str) -> DataLoader[int, list[Any]]:
+    async def load(keys: list[int]) -> list[list[Any]]:
+        groups: dict[int, list[Any]] = defaultdict(list)
+        for row in await fetch(pool, keys):
+            groups[getattr(row, key_field)].append(row)
+        return [groups.get(key, []) for key in keys]
+
+    return DataLoader(load, cache=False)
+
+
+def _counted(pool: asyncpg.Pool,
+             fetch: Callable[[asyncpg.Pool, Sequence[int]], Awaitable[dict[int, int]]],
+             ) -> DataLoader[int, int]:
+    async def load(keys: list[int]) -> list[int]:
+        counts = await fetch(pool, keys)
+        return [counts.get(key, 0) for key in keys]
+
+    return DataLoader(load, cache=False)

@@ -1,0 +1,63 @@
+"""API ids and page cursors: the one place database row ids meet the API.
+
+Every id the API hands out is `<kind prefix>_<row id>` (`ts_12` for a test
+set, `ev_7` for an evaluation). Clients must treat them as opaque; the prefix
+lets the API tell a malformed or wrong-kind id (BAD_USER_INPUT) from an id that
+names nothing (NOT_FOUND).
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+
+from app.errors import BadUserInput
+
+_MAX_ROW_ID = 2**63 - 1
+
+
+class Kind(enum.Enum):
+    TEST_SET = "ts"
+    CATEGORY = "cat"
+    TEST_CASE = "tc"
+    EVALUATION = "ev"
+    RESULT = "res"
+
+
+def encode(kind: Kind, row_id: int) -> str:
+    return f"{kind.value}_{row_id}"
+
+
+def decode(kind: Kind, api_id: str, *, field: str) -> int:
+    """The row id behind `api_id`; BadUserInput naming `field` if malformed."""
+    prefix, _, digits = api_id.partition("_")
+    if prefix != kind.value or not digits.isascii() or not digits.isdigit():
+        raise BadUserInput(
+            f"{field}: {api_id[:80]!r} is not a valid "
+            f"{kind.name.lower().replace('_', ' ')} id "
+            f"(ids look like {kind.value}_123)"
+        )
+    row_id = int(digits)
+    if row_id > _MAX_ROW_ID:
+        raise BadUserInput(f"{field}: {api_id[:80]!r} is out of range")
+    return row_id
+
+
+def encode_cursor(position: int) -> str:
+    return base64.urlsafe_b64encode(f"c:{position}".encode()).decode()
+
+
+def decode_cursor(cursor: str | None, *, field: str = "after") -> int | None:
+    """The position after which a page starts; None for the first page."""
+    if cursor is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii")
+        tag, _, digits = text.partition(":")
+        if tag != "c" or not digits.lstrip("-").isdigit():
+            raise ValueError
+        return int(digits)
+    except (ValueError, UnicodeError):
+        raise BadUserInput(
+            f"{field}: {cursor[:80]!r} is not a cursor this API handed out"
+        ) from None

@@ -1,0 +1,256 @@
+"""The evaluation job: every test case through the model, scored and stored.
+
+One run is four kinds of task joined by bounded queues, so the worker holds
+only a small window of cases however large the test set is:
+
+  feeder --cases--> `concurrency` callers --results--> one writer
+                                      watcher (stops the run when cancelled)
+
+The single writer stores results in batches (whatever has piled up while the
+previous batch was written, so the first result is never held back) and
+publishes their events only after the transaction has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from app import events
+from app.llm.client import CallOptions, ModelClient, ModelError
+from app.scoring import Scorer, ScorerOptionsError, ScoringError, build_scorer
+from app.store import evaluations as evaluation_store
+from app.store.rows import EvaluationRow, NewResult, TestCaseRow
+from app.templates import PromptTemplate, TemplateError, compile_template
+
+log = logging.getLogger(__name__)
+
+FEED_PAGE_SIZE = 200
+WRITE_BATCH_MAX = 500
+WATCH_INTERVAL_S = 1.0
+
+
+@dataclasses.dataclass
+class JobContext:
+    """What every evaluation run of one worker process shares."""
+
+    pool: asyncpg.Pool
+    redis: aioredis.Redis
+    redis_prefix: str
+    model_client: ModelClient
+
+
+async def run_evaluation(job: JobContext, evaluation_id: int, attempt: int) -> str:
+    """Run an evaluation to its end; returns the status it ended in."""
+    evaluation = await evaluation_store.get_evaluation(job.pool, evaluation_id)
+    if evaluation is None:
+        log.warning("evaluation %s no longer exists; nothing to run", evaluation_id)
+        return "DELETED"
+    if evaluation.attempt != attempt or evaluation.is_finished:
+        log.info("evaluation %s attempt %s is %s; not running it again",
+                 evaluation_id, attempt, evaluation.status)
+        return evaluation.status
+
+    resumed = evaluation.status == "IN_PROGRESS"
+    if not resumed and not await _change_status(job, evaluation, "IN_PROGRESS",
+                                                from_statuses=("QUEUED",)):
+        return "CANCELLED"
+    log.info("evaluation %s %s: %d cases, %d done, model %s, concurrency %d",
+             evaluation_id, "resumed" if resumed else "started",
+             evaluation.total_cases, evaluation.completed_cases, evaluation.model,
+             evaluation.concurrency)
+
+    try:
+        template = compile_template(evaluation.prompt_template)
+        scorer = build_scorer(evaluation.scorer_type, evaluation.scorer_options)
+    except (TemplateError, ScorerOptionsError) as exc:
+        await _finish(job, evaluation, "FAILED", f"the evaluation is invalid: {exc}")
+        return "FAILED"
+
+    started = time.monotonic()
+    run = _Run(job, evaluation, template, scorer)
+    try:
+        await run.execute()
+    except Exception as exc:
+        log.exception("evaluation %s stopped by an unexpected error", evaluation_id)
+        await _finish(job, evaluation, "FAILED",
+                      f"the run stopped on an internal error ({type(exc).__name__})")
+        return "FAILED"
+
+    if run.fatal_error is not None:
+        status, error = "FAILED", run.fatal_error
+    elif run.stopped_by is not None:
+        log.info("evaluation %s stopped: it became %s", evaluation_id, run.stopped_by)
+        return run.stopped_by
+    else:
+        status, error = "COMPLETED", None
+    await _finish(job, evaluation, status, error)
+    log.info("evaluation %s %s in %.1fs", evaluation_id, status.lower(),
+             time.monotonic() - started)
+    return status
+
+
+async def _change_status(job: JobContext, evaluation: EvaluationRow, to_status: str,
+                         *, from_statuses: tuple[str, ...],
+                         error: str | None = None) -> bool:
+    changed = await evaluation_store.change_status(
+        job.pool, evaluation.id, to_status, from_statuses=from_statuses, error=error)
+    if changed is None:
+        return False
+    await events.publish(job.redis, job.redis_prefix, [changed[1]])
+    return True
+
+
+async def _finish(job: JobContext, evaluation: EvaluationRow, status: str,
+                  error: str | None) -> None:
+    if error is not None:
+        log.warning("evaluation %s failed: %s", evaluation.id, error)
+    await _change_status(job, evaluation, status, error=error,
+                         from_statuses=("QUEUED", "IN_PROGRESS"))
+
+
+class _Run:
+    def __init__(self, job: JobContext, evaluation: EvaluationRow,
+                 template: PromptTemplate, scorer: Scorer) -> None:
+        self.job = job
+        self.evaluation = evaluation
+        self.template = template
+        self.scorer = scorer
+        self.options = CallOptions(
+            model=evaluation.model, system_prompt=evaluation.system_prompt,
+            temperature=evaluation.temperature, max_tokens=evaluation.max_tokens)
+        self.cases: asyncio.Queue[TestCaseRow | None] = asyncio.Queue(
+            evaluation.concurrency * 2)
+        self.results: asyncio.Queue[NewResult | None] = asyncio.Queue(
+            WRITE_BATCH_MAX * 2)
+        self.stopping = asyncio.Event()
+        self.fatal_error: str | None = None
+        self.stopped_by: str | None = None
+
+    async def execute(self) -> None:
+        # A task group: if the writer or a caller fails, everything stops at
+        # once instead of waiting on a queue nobody empties.
+        async with asyncio.TaskGroup() as group:
+            watcher = group.create_task(self._watch_status(), name="watcher")
+            writer = group.create_task(self._write_results(), name="writer")
+            callers = [group.create_task(self._call_model(), name=f"caller-{i}")
+                       for i in range(self.evaluation.concurrency)]
+            await self._feed_cases()
+            await asyncio.gather(*callers)
+            await self.results.put(None)
+            await writer
+            watcher.cancel()
+
+    def stop(self, *, fatal_error: str | None = None,
+             stopped_by: str | None = None) -> None:
+        if fatal_error is not None and self.fatal_error is None:
+            self.fatal_error = fatal_error
+        if stopped_by is not None:
+            self.stopped_by = stopped_by
+        self.stopping.set()
+
+    async def _feed_cases(self) -> None:
+        after_position = -1
+        while not self.stopping.is_set():
+            page = await evaluation_store.cases_without_result(
+                self.job.pool, self.evaluation, after_position, FEED_PAGE_SIZE)
+            for case in page:
+                # Only the cases the evaluation was created over; cases appended
+                # to the test set later belong to later evaluations.
+                if case.position >= self.evaluation.total_cases:
+                    page = []
+                    break
+                await self._put_unless_stopping(case)
+                if self.stopping.is_set():
+                    break
+            if len(page) < FEED_PAGE_SIZE:
+                break
+            after_position = page[-1].position
+        for _ in range(self.evaluation.concurrency):
+            await self.cases.put(None)
+
+    async def _put_unless_stopping(self, case: TestCaseRow) -> None:
+        put = asyncio.ensure_future(self.cases.put(case))
+        stop = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait({put, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not put.done():
+            put.cancel()
+
+    async def _call_model(self) -> None:
+        while (case := await self.cases.get()) is not None:
+            if self.stopping.is_set():
+                continue
+            result = await self._answer(case)
+            if result is not None:
+                await self.results.put(result)
+
+    async def _answer(self, case: TestCaseRow) -> NewResult | None:
+        try:
+            prompt = self.template.render(case.input)
+        except TemplateError as exc:
+            return _failed(case, f"template_error: {exc}")
+
+        try:
+            answer = await self.job.model_client.complete(prompt, self.options)
+        except ModelError as exc:
+            if exc.fatal:
+                self.stop(fatal_error=str(exc))
+                return None
+            return _failed(case, str(exc), exc.latency_ms)
+
+        # PostgreSQL text cannot hold NUL; keep the rest of the answer.
+        output = answer.output.replace("\x00", "\ufffd")
+        try:
+            score = self.scorer.score(output, case.expected_output)
+        except ScoringError as exc:
+            return _failed(case, f"scoring_error: {exc}", answer.latency_ms, output)
+        return NewResult(
+            test_case_id=case.id, output=output, score=score.value,
+            passed=score.passed, error=None, latency_ms=answer.latency_ms,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+        )
+
+    async def _write_results(self) -> None:
+        done = False
+        while not done:
+            batch = [await self.results.get()]
+            while len(batch) < WRITE_BATCH_MAX and not self.results.empty():
+                batch.append(self.results.get_nowait())
+            if batch[-1] is None:
+                done = True
+                batch.pop()
+            if batch:
+                await self._store(batch)
+
+    async def _store(self, batch: list[NewResult]) -> None:
+        status, stored_events = await evaluation_store.store_results(
+            self.job.pool, self.evaluation.id, batch)
+        await events.publish(self.job.redis, self.job.redis_prefix, stored_events)
+        if status != "IN_PROGRESS":
+            self.stop(stopped_by=status)
+
+    async def _watch_status(self) -> None:
+        # The writer notices a cancel on its next batch; this catches it while
+        # every caller is still waiting on a slow model.
+        while not self.stopping.is_set():
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            status = await evaluation_store.evaluation_status(
+                self.job.pool, self.evaluation.id)
+            if status != "IN_PROGRESS":
+                self.stop(stopped_by=status or "DELETED")
+
+
+def _failed(case: TestCaseRow, error: str, latency_ms: int | None = None,
+            output: str | None = None) -> NewResult:
+    return NewResult(
+        test_case_id=case.id, output=output, score=None, passed=None, error=error,
+        latency_ms=latency_ms, prompt_tokens=None, completion_tokens=None,
+    )
+

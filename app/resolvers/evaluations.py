@@ -1,0 +1,184 @@
+"""Queries and mutations of evaluations."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Annotated
+
+import strawberry
+from redis.exceptions import RedisError
+from strawberry.types import Info
+
+from app import events, ids
+from app.context import Context
+from app.errors import ApiError, BadUserInput, Conflict, NotFound
+from app.jobs import queue
+from app.resolvers import validation
+from app.schema.common import Connection
+from app.schema.evaluations import Evaluation, EvaluationStatus, evaluation_page
+from app.schema.inputs import CreateEvaluationInput
+from app.scoring import ScorerOptionsError, build_scorer
+from app.store import evaluations as evaluation_store
+from app.store import test_sets as test_set_store
+from app.store.evaluations import NewEvaluation
+from app.templates import TemplateError, compile_template
+
+
+log = logging.getLogger(__name__)
+
+
+@strawberry.type
+class EvaluationQueries:
+    @strawberry.field(description="Evaluations, newest first, optionally filtered.")
+    async def evaluations(
+        self,
+        info: Info[Context, None],
+        first: Annotated[int | None, strawberry.argument(
+            description="Page size (default 50, at most 500).")] = None,
+        after: Annotated[str | None, strawberry.argument(
+            description="Cursor of the item after which the page starts.")] = None,
+        status: Annotated[EvaluationStatus | None, strawberry.argument(
+            description="Only evaluations in this status.")] = None,
+        test_set_id: Annotated[strawberry.ID | None, strawberry.argument(
+            description="Only evaluations of this test set.")] = None,
+    ) -> Connection[Evaluation]:
+        test_set = (None if test_set_id is None else
+                    ids.decode(ids.Kind.TEST_SET, test_set_id, field="testSetId"))
+        return await evaluation_page(info.context, first, after,
+                                     status=status.value if status else None,
+                                     test_set_id=test_set)
+
+    @strawberry.field(description="One evaluation; null if there is none with this id.")
+    async def evaluation(self, info: Info[Context, None],
+                         id: strawberry.ID) -> Evaluation | None:
+        row_id = ids.decode(ids.Kind.EVALUATION, id, field="id")
+        row = await info.context.loaders.evaluation.load(row_id)
+        return Evaluation.from_row(row) if row else None
+
+
+@strawberry.type
+class EvaluationMutations:
+    @strawberry.mutation(description="Stores the evaluation as QUEUED, enqueues"
+                         " its job and returns at once.")
+    async def create_evaluation(self, info: Info[Context, None],
+                                input: CreateEvaluationInput) -> Evaluation:
+        context = info.context
+        new = await _validated(context, input)
+
+        row = await evaluation_store.create_evaluation(context.pool, new)
+        log.info("evaluation %s queued: test set %s, %d cases, model %s",
+                 row.id, row.test_set_id, row.total_cases, row.model)
+        await _enqueue(context, row.id, row.attempt)
+        return Evaluation.from_row(row)
+
+    @strawberry.mutation(description="Stops a QUEUED or IN_PROGRESS evaluation;"
+                         " results already stored are kept.")
+    async def cancel_evaluation(self, info: Info[Context, None],
+                                id: strawberry.ID) -> Evaluation:
+        row_id = ids.decode(ids.Kind.EVALUATION, id, field="id")
+        context = info.context
+
+        changed = await evaluation_store.change_status(
+            context.pool, row_id, "CANCELLED", from_statuses=("QUEUED", "IN_PROGRESS"))
+        if changed is None:
+            row = await evaluation_store.get_evaluation(context.pool, row_id)
+            if row is None:
+                raise NotFound("id: no evaluation with this id")
+            raise Conflict(f"id: the evaluation is already {row.status}")
+
+        row, event = changed
+        await events.publish(context.services.arq, context.settings.redis_prefix,
+                             [event])
+        log.info("evaluation %s cancelled", row_id)
+        return Evaluation.from_row(row)
+
+
+async def _validated(context: Context, input: CreateEvaluationInput) -> NewEvaluation:
+    """Everything that can be checked before anything is stored."""
+    test_set_id = ids.decode(ids.Kind.TEST_SET, input.test_set_id,
+                             field="input.testSetId")
+    if await context.loaders.test_set.load(test_set_id) is None:
+        raise NotFound("input.testSetId: no test set with this id")
+    if not await context.loaders.case_count_of_test_set.load(test_set_id):
+        raise BadUserInput("input.testSetId: the test set has no test cases")
+
+    template = _template(input.prompt_template)
+    missing = await test_set_store.missing_variables(
+        context.pool, test_set_id, sorted(template.variables))
+    if missing:
+        variable, case_id = missing[0]
+        raise BadUserInput(
+            f"input.promptTemplate: the variable {variable!r} is missing from the"
+            f" input of test case {ids.encode(ids.Kind.TEST_CASE, case_id)}")
+
+    scorer_options = validation.json_value(input.scorer.options or {},
+                                           "input.scorer.options")
+    if not isinstance(scorer_options, dict):
+        raise BadUserInput("input.scorer.options: must be a JSON object")
+    try:
+        scorer = build_scorer(input.scorer.type.value, scorer_options)
+    except ScorerOptionsError as exc:
+        raise BadUserInput(f"input.scorer.{exc.path}: {exc}") from None
+    if scorer.needs_expected_output:
+        case_id = await test_set_store.first_case_without_expected_output(
+            context.pool, test_set_id)
+        if case_id is not None:
+            raise BadUserInput(
+                f"input.scorer.type: {input.scorer.type.value} needs an expected"
+                f" output, and test case {ids.encode(ids.Kind.TEST_CASE, case_id)}"
+                " has none")
+
+    return NewEvaluation(
+        test_set_id=test_set_id,
+        name=validation.text(input.name, "input.name",
+                             max_length=validation.MAX_NAME_LENGTH),
+        model=validation.text(input.model, "input.model", required=True,
+                              max_length=validation.MAX_NAME_LENGTH),
+        prompt_template=template.source,
+        system_prompt=validation.text(input.system_prompt, "input.systemPrompt"),
+        temperature=_temperature(input.temperature),
+        max_tokens=_positive(input.max_tokens, "input.maxTokens", 1_000_000),
+        scorer_type=input.scorer.type.value,
+        scorer_options=scorer_options,
+        concurrency=_positive(input.concurrency, "input.concurrency",
+                              context.settings.max_concurrency)
+        or context.settings.default_concurrency,
+    )
+
+
+def _template(source: str):
+    validation.text(source, "input.promptTemplate")
+    try:
+        return compile_template(source)
+    except TemplateError as exc:
+        raise BadUserInput(f"input.promptTemplate: {exc}") from None
+
+
+def _temperature(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and 0 <= value <= 2):
+        raise BadUserInput(f"input.temperature: must be between 0 and 2, got {value}")
+    return value
+
+
+def _positive(value: int | None, path: str, maximum: int) -> int | None:
+    if value is not None and not 1 <= value <= maximum:
+        raise BadUserInput(f"{path}: must be between 1 and {maximum}, got {value}")
+    return value
+
+
+async def _enqueue(context: Context, evaluation_id: int, attempt: int) -> None:
+    try:
+        await queue.enqueue_evaluation(context.services.arq,
+                                       context.settings.redis_prefix,
+                                       evaluation_id, attempt)
+    except (RedisError, OSError) as exc:
+        # The evaluation must not sit QUEUED with no job behind it.
+        log.error("could not queue evaluation %s: %s", evaluation_id, exc)
+        await evaluation_store.change_status(
+            context.pool, evaluation_id, "FAILED", from_statuses=("QUEUED",),
+            error="the job queue (Redis) was unavailable when it was created")
+        raise ApiError(
+            f"the job queue is unavailable; evaluation"
+            f" {ids.encode(ids.Kind.EVALUATION, evaluation_id)} was stored as FAILED"
+        ) from exc

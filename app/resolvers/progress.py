@@ -1,0 +1,47 @@
+"""The evaluationProgress subscription."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import Annotated
+
+import strawberry
+from strawberry.types import Info
+
+from app import ids, progress
+from app.context import Context
+from app.schema.progress import EvaluationProgressEvent
+
+
+
+@strawberry.type
+class ProgressSubscriptions:
+    @strawberry.subscription(description=(
+        "Streams an evaluation's progress: a SNAPSHOT first, then every status"
+        " change and result, and ends after the event that reaches COMPLETED,"
+        " FAILED or CANCELLED (at once, after the SNAPSHOT, if it already has)."
+        " A SNAPSHOT carries the sequence of the last event it includes. With"
+        " afterSequence, the stream replays the events after that one instead of"
+        " a SNAPSHOT, with no gap and no repeat: a client that reconnects passes"
+        " the last sequence it saw."))
+    async def evaluation_progress(
+        self,
+        info: Info[Context, None],
+        evaluation_id: strawberry.ID,
+        after_sequence: Annotated[int | None, strawberry.argument(
+            description="The last sequence this client saw; replay from there.")
+        ] = None,
+    ) -> AsyncGenerator[EvaluationProgressEvent, None]:
+        row_id = ids.decode(ids.Kind.EVALUATION, evaluation_id, field="evaluationId")
+        context = info.context
+
+        steps = progress.follow(context.pool, context.services.hub, row_id,
+                                after_sequence)
+        # Closed explicitly so a client that leaves releases its listener now.
+        async with contextlib.aclosing(steps):
+            async for step in steps:
+                if isinstance(step, progress.Snapshot):
+                    yield EvaluationProgressEvent.from_snapshot(step)
+                else:
+                    yield EvaluationProgressEvent.from_row(step)

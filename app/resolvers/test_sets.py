@@ -1,0 +1,132 @@
+"""Queries and mutations of test sets."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import strawberry
+from strawberry.types import Info
+
+from app import ids
+from app.context import Context
+from app.errors import BadUserInput, NotFound
+from app.resolvers import validation
+from app.schema.common import Connection, build_connection, page_size
+from app.schema.inputs import CreateTestSetInput, TestCaseInput
+from app.schema.test_sets import TestSet
+from app.store import test_sets as test_set_store
+from app.store.rows import NewTestCase
+
+
+log = logging.getLogger(__name__)
+
+# How many test cases one request may carry; larger sets are sent in batches
+# with appendTestCases (as `assay import` does).
+MAX_CASES_PER_REQUEST = 10_000
+
+
+@strawberry.type
+class TestSetQueries:
+    @strawberry.field(description="All test sets, newest first.")
+    async def test_sets(
+        self,
+        info: Info[Context, None],
+        first: Annotated[int | None, strawberry.argument(
+            description="Page size (default 50, at most 500).")] = None,
+        after: Annotated[str | None, strawberry.argument(
+            description="Cursor of the item after which the page starts.")] = None,
+    ) -> Connection[TestSet]:
+        limit = page_size(first)
+        before_id = ids.decode_cursor(after)
+
+        pool = info.context.pool
+        rows = await test_set_store.list_test_sets(pool, limit + 1, before_id)
+        total = await test_set_store.count_test_sets(pool)
+        return build_connection(rows, limit, total, lambda r: r.id, TestSet.from_row)
+
+    @strawberry.field(description="One test set; null if there is none with this id.")
+    async def test_set(self, info: Info[Context, None],
+                       id: strawberry.ID) -> TestSet | None:
+        row_id = ids.decode(ids.Kind.TEST_SET, id, field="id")
+        row = await info.context.loaders.test_set.load(row_id)
+        return TestSet.from_row(row) if row else None
+
+
+@strawberry.type
+class TestSetMutations:
+    @strawberry.mutation(description="Stores a test set with its categories and"
+                         " cases, all or nothing.")
+    async def create_test_set(self, info: Info[Context, None],
+                              input: CreateTestSetInput) -> TestSet:
+        name = validation.text(input.name, "input.name", required=True,
+                               max_length=validation.MAX_NAME_LENGTH)
+        description = validation.text(input.description, "input.description")
+        categories = _categories(input)
+        cases = _test_cases(input.test_cases or [], "input.testCases")
+
+        row = await test_set_store.create_test_set(
+            info.context.pool, name, description, categories, cases)
+        log.info("test set %s created: %r with %d cases", row.id, name, len(cases))
+        return TestSet.from_row(row)
+
+    @strawberry.mutation(description="Adds test cases after the last one of a"
+                         " test set, all or nothing.")
+    async def append_test_cases(
+        self, info: Info[Context, None], test_set_id: strawberry.ID,
+        test_cases: list[TestCaseInput],
+    ) -> TestSet:
+        row_id = ids.decode(ids.Kind.TEST_SET, test_set_id, field="testSetId")
+        cases = _test_cases(test_cases, "testCases")
+
+        row = await test_set_store.append_test_cases(info.context.pool, row_id, cases)
+        log.info("test set %s: %d cases appended", row_id, len(cases))
+        return TestSet.from_row(row)
+
+    @strawberry.mutation(description="Deletes a test set with its cases,"
+                         " evaluations and results; returns its id.")
+    async def delete_test_set(self, info: Info[Context, None],
+                              id: strawberry.ID) -> strawberry.ID:
+        row_id = ids.decode(ids.Kind.TEST_SET, id, field="id")
+        if not await test_set_store.delete_test_set(info.context.pool, row_id):
+            raise NotFound("id: no test set with this id")
+        log.info("test set %s deleted", row_id)
+        return id
+
+
+def _categories(input: CreateTestSetInput) -> list[tuple[str, str | None]]:
+    categories: list[tuple[str, str | None]] = []
+    seen: set[str] = set()
+    for index, category in enumerate(input.categories or []):
+        path = f"input.categories[{index}]"
+        name = validation.text(category.name, f"{path}.name", required=True,
+                               max_length=validation.MAX_NAME_LENGTH)
+        if name in seen:
+            raise BadUserInput(f"{path}.name: {name!r} is listed twice")
+        seen.add(name)
+        categories.append((name, validation.text(category.description,
+                                                 f"{path}.description")))
+    return categories
+
+
+def _test_cases(given: list[TestCaseInput], path: str) -> list[NewTestCase]:
+    if len(given) > MAX_CASES_PER_REQUEST:
+        raise BadUserInput(
+            f"{path}: {len(given)} test cases in one request; at most"
+            f" {MAX_CASES_PER_REQUEST} (send more with appendTestCases)")
+    cases = []
+    for index, case in enumerate(given):
+        case_path = f"{path}[{index}]"
+        if not isinstance(case.input, dict):
+            raise BadUserInput(
+                f"{case_path}.input: must be a JSON object of template variables")
+        cases.append(NewTestCase(
+            input=validation.json_value(case.input, f"{case_path}.input"),
+            expected_output=validation.text(case.expected_output,
+                                            f"{case_path}.expectedOutput"),
+            category=validation.text(case.category, f"{case_path}.category",
+                                     required=case.category is not None,
+                                     max_length=validation.MAX_NAME_LENGTH),
+            metadata=validation.json_value(case.metadata, f"{case_path}.metadata"),
+        ))
+    return cases

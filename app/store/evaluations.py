@@ -1,0 +1,385 @@
+"""SQL for evaluations, their results and their progress events.
+
+Every change an evaluation's subscribers must hear of goes through one
+transaction that locks the evaluation row, changes it, bumps last_sequence and
+records the progress event. The row lock is what makes sequences contiguous
+and ordered as the transactions commit, and recording the event in the same
+transaction is what lets a late subscriber replay exactly what was announced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from app.store.rows import (
+    CategoryScoreRow,
+    EvaluationRow,
+    NewResult,
+    ProgressEventRow,
+    ResultRow,
+    TestCaseRow,
+    from_record,
+)
+
+_EVALUATION_COLUMNS = ", ".join(f.name for f in dataclasses.fields(EvaluationRow))
+_RESULT_FIELDS = [f.name for f in dataclasses.fields(ResultRow)]
+_RESULT_COLUMNS = ", ".join(f"r.{name}" for name in _RESULT_FIELDS)
+# For joins where result columns would clash with the event's own.
+_PREFIXED_RESULT_COLUMNS = ", ".join(f"r.{name} AS r_{name}" for name in _RESULT_FIELDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class NewEvaluation:
+    test_set_id: int
+    name: str | None
+    model: str
+    prompt_template: str
+    system_prompt: str | None
+    temperature: float | None
+    max_tokens: int | None
+    scorer_type: str
+    scorer_options: dict[str, Any]
+    concurrency: int
+
+
+async def create_evaluation(pool: asyncpg.Pool, new: NewEvaluation) -> EvaluationRow:
+    """Store an evaluation as QUEUED over the test set's cases as they are now."""
+    record = await pool.fetchrow(
+        "INSERT INTO evaluations (test_set_id, name, model, prompt_template,"
+        "   system_prompt, temperature, max_tokens, scorer_type, scorer_options,"
+        "   concurrency, total_cases)"
+        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
+        "   (SELECT count(*) FROM test_cases WHERE test_set_id = $1)"
+        f" RETURNING {_EVALUATION_COLUMNS}",
+        new.test_set_id, new.name, new.model, new.prompt_template,
+        new.system_prompt, new.temperature, new.max_tokens, new.scorer_type,
+        new.scorer_options, new.concurrency,
+    )
+    return from_record(EvaluationRow, record)
+
+
+async def evaluations_by_ids(
+    pool: asyncpg.Pool, ids: Sequence[int]
+) -> list[EvaluationRow]:
+    records = await pool.fetch(
+        f"SELECT {_EVALUATION_COLUMNS} FROM evaluations WHERE id = any($1::bigint[])",
+        ids,
+    )
+    return [from_record(EvaluationRow, r) for r in records]
+
+
+async def get_evaluation(pool: asyncpg.Pool, evaluation_id: int) -> EvaluationRow | None:
+    found = await evaluations_by_ids(pool, [evaluation_id])
+    return found[0] if found else None
+
+
+async def evaluation_status(pool: asyncpg.Pool, evaluation_id: int) -> str | None:
+    return await pool.fetchval(
+        "SELECT status FROM evaluations WHERE id = $1", evaluation_id)
+
+
+async def unfinished_evaluations(pool: asyncpg.Pool) -> list[tuple[int, int]]:
+    """(id, attempt) of every evaluation still QUEUED or IN_PROGRESS."""
+    records = await pool.fetch(
+        "SELECT id, attempt FROM evaluations"
+        " WHERE status IN ('QUEUED', 'IN_PROGRESS') ORDER BY id")
+    return [(r["id"], r["attempt"]) for r in records]
+
+
+async def list_evaluations(
+    pool: asyncpg.Pool,
+    limit: int,
+    before_id: int | None,
+    status: str | None = None,
+    test_set_id: int | None = None,
+) -> list[EvaluationRow]:
+    """Newest first, filtered by status and test set when given."""
+    records = await pool.fetch(
+        f"SELECT {_EVALUATION_COLUMNS} FROM evaluations"
+        " WHERE ($1::bigint IS NULL OR id < $1)"
+        "   AND ($2::text IS NULL OR status = $2)"
+        "   AND ($3::bigint IS NULL OR test_set_id = $3)"
+        " ORDER BY id DESC LIMIT $4",
+        before_id, status, test_set_id, limit,
+    )
+    return [from_record(EvaluationRow, r) for r in records]
+
+
+async def count_evaluations(
+    pool: asyncpg.Pool, status: str | None = None, test_set_id: int | None = None
+) -> int:
+    return await pool.fetchval(
+        "SELECT count(*) FROM evaluations"
+        " WHERE ($1::text IS NULL OR status = $1)"
+        "   AND ($2::bigint IS NULL OR test_set_id = $2)",
+        status, test_set_id,
+    )
+
+
+async def change_status(
+    pool: asyncpg.Pool,
+    evaluation_id: int,
+    to_status: str,
+    *,
+    from_statuses: Sequence[str],
+    error: str | None = None,
+) -> tuple[EvaluationRow, ProgressEventRow] | None:
+    """Move an evaluation on and record the event; None if it was not in
+    one of `from_statuses` (someone else moved it first)."""
+    async with pool.acquire() as conn, conn.transaction():
+        record = await conn.fetchrow(
+            "UPDATE evaluations SET status = $2, error = coalesce($3, error),"
+            "   last_sequence = last_sequence + 1,"
+            "   started_at = CASE WHEN $2 = 'IN_PROGRESS'"
+            "                THEN coalesce(started_at, now()) ELSE started_at END,"
+            "   completed_at = CASE WHEN $2 IN ('COMPLETED', 'FAILED', 'CANCELLED')"
+            "                  THEN now() ELSE completed_at END"
+            " WHERE id = $1 AND status = any($4::text[])"
+            f" RETURNING {_EVALUATION_COLUMNS}",
+            evaluation_id, to_status, error, list(from_statuses),
+        )
+        if record is None:
+            return None
+        evaluation = from_record(EvaluationRow, record)
+        event = _event(evaluation, "STATUS_CHANGED", evaluation.last_sequence,
+                       evaluation.completed_cases, evaluation.failed_cases,
+                       evaluation.score, None)
+        await _insert_events(conn, [event])
+    return evaluation, event
+
+
+async def store_results(
+    pool: asyncpg.Pool, evaluation_id: int, results: Sequence[NewResult]
+) -> tuple[str, list[ProgressEventRow]]:
+    """Store a batch of results with one RESULT_ADDED event each.
+
+    Returns the evaluation's status and the events recorded. Nothing is stored
+    unless the evaluation is IN_PROGRESS (a cancelled run's late answers are
+    dropped), and a result for a case that already has one is skipped, so a
+    case run twice after a crash is never counted twice.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        record = await conn.fetchrow(
+            f"SELECT {_EVALUATION_COLUMNS} FROM evaluations WHERE id = $1 FOR UPDATE",
+            evaluation_id,
+        )
+        if record is None:
+            return "DELETED", []
+        evaluation = from_record(EvaluationRow, record)
+        if evaluation.status != "IN_PROGRESS":
+            return evaluation.status, []
+
+        stored = await _insert_results(conn, evaluation_id, results)
+        events = _result_events(evaluation, stored)
+        if not events:
+            return evaluation.status, []
+
+        last = events[-1]
+        scored = [r for r in stored if r.error is None]
+        await conn.execute(
+            "UPDATE evaluations SET completed_cases = $2, failed_cases = $3,"
+            "   scored_cases = scored_cases + $4, passed_cases = passed_cases + $5,"
+            "   score_sum = score_sum + $6, last_sequence = $7"
+            " WHERE id = $1",
+            evaluation_id, last.completed_cases, last.failed_cases, len(scored),
+            sum(1 for r in scored if r.passed), sum(r.score for r in scored),
+            last.sequence,
+        )
+        await _insert_events(conn, events)
+    return evaluation.status, events
+
+
+async def _insert_results(
+    conn: asyncpg.Connection, evaluation_id: int, results: Sequence[NewResult]
+) -> list[ResultRow]:
+    columns = [f.name for f in dataclasses.fields(NewResult)]
+    records = await conn.fetch(
+        "INSERT INTO evaluation_results AS r (evaluation_id, test_case_id, output,"
+        "   score, passed, error, latency_ms, prompt_tokens, completion_tokens)"
+        " SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::float8[],"
+        "   $5::bool[], $6::text[], $7::int[], $8::int[], $9::int[])"
+        " ON CONFLICT (evaluation_id, test_case_id) DO NOTHING"
+        f" RETURNING {_RESULT_COLUMNS}",
+        evaluation_id,
+        *([getattr(result, column) for result in results] for column in columns),
+    )
+    # RETURNING gives no order guarantee; events follow the order of ids.
+    return sorted((from_record(ResultRow, r) for r in records), key=lambda r: r.id)
+
+
+def _result_events(
+    evaluation: EvaluationRow, stored: Sequence[ResultRow]
+) -> list[ProgressEventRow]:
+    completed, failed = evaluation.completed_cases, evaluation.failed_cases
+    scored, score_sum = evaluation.scored_cases, evaluation.score_sum
+    sequence = evaluation.last_sequence
+    events = []
+    for result in stored:
+        completed += 1
+        sequence += 1
+        if result.error is None:
+            scored += 1
+            score_sum += result.score
+        else:
+            failed += 1
+        events.append(_event(evaluation, "RESULT_ADDED", sequence, completed, failed,
+                             score_sum / scored if scored else None, result))
+    return events
+
+
+def _event(
+    evaluation: EvaluationRow,
+    kind: str,
+    sequence: int,
+    completed_cases: int,
+    failed_cases: int,
+    score: float | None,
+    result: ResultRow | None,
+) -> ProgressEventRow:
+    return ProgressEventRow(
+        evaluation_id=evaluation.id, sequence=sequence, kind=kind,
+        status=evaluation.status, total_cases=evaluation.total_cases,
+        completed_cases=completed_cases, failed_cases=failed_cases, score=score,
+        result=result,
+    )
+
+
+async def _insert_events(
+    conn: asyncpg.Connection, events: Sequence[ProgressEventRow]
+) -> None:
+    await conn.execute(
+        "INSERT INTO progress_events (evaluation_id, sequence, kind, status,"
+        "   completed_cases, failed_cases, score, result_id)"
+        " SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[],"
+        "   $5::int[], $6::int[], $7::float8[], $8::bigint[])",
+        [e.evaluation_id for e in events], [e.sequence for e in events],
+        [e.kind for e in events], [e.status for e in events],
+        [e.completed_cases for e in events], [e.failed_cases for e in events],
+        [e.score for e in events],
+        [e.result.id if e.result else None for e in events],
+    )
+
+
+async def events_after(
+    pool: asyncpg.Pool, evaluation_id: int, after_sequence: int, limit: int
+) -> list[ProgressEventRow]:
+    """Recorded events with a sequence above `after_sequence`, in order."""
+    records = await pool.fetch(
+        "SELECT e.evaluation_id, e.sequence, e.kind, e.status, ev.total_cases,"
+        "   e.completed_cases, e.failed_cases, e.score,"
+        f"  {_PREFIXED_RESULT_COLUMNS}"
+        " FROM progress_events e"
+        " JOIN evaluations ev ON ev.id = e.evaluation_id"
+        " LEFT JOIN evaluation_results r ON r.id = e.result_id"
+        " WHERE e.evaluation_id = $1 AND e.sequence > $2"
+        " ORDER BY e.sequence LIMIT $3",
+        evaluation_id, after_sequence, limit,
+    )
+    events = []
+    for r in records:
+        result = (ResultRow(**{name: r[f"r_{name}"] for name in _RESULT_FIELDS})
+                  if r["r_id"] is not None else None)
+        events.append(ProgressEventRow(
+            evaluation_id=r["evaluation_id"], sequence=r["sequence"],
+            kind=r["kind"], status=r["status"], total_cases=r["total_cases"],
+            completed_cases=r["completed_cases"], failed_cases=r["failed_cases"],
+            score=r["score"], result=result,
+        ))
+    return events
+
+
+async def cases_without_result(
+    pool: asyncpg.Pool, evaluation: EvaluationRow, after_position: int, limit: int
+) -> list[TestCaseRow]:
+    """The next cases of the run, in order, that have no result yet."""
+    records = await pool.fetch(
+        "SELECT tc.id, tc.test_set_id, tc.category_id, tc.position, tc.input,"
+        "   tc.expected_output, tc.metadata"
+        " FROM test_cases tc"
+        " WHERE tc.test_set_id = $1 AND tc.position > $2"
+        "   AND NOT EXISTS (SELECT 1 FROM evaluation_results r"
+        "                   WHERE r.evaluation_id = $3 AND r.test_case_id = tc.id)"
+        " ORDER BY tc.position LIMIT $4",
+        evaluation.test_set_id, after_position, evaluation.id, limit,
+    )
+    return [from_record(TestCaseRow, r) for r in records]
+
+
+async def results_by_ids(pool: asyncpg.Pool, ids: Sequence[int]) -> list[ResultRow]:
+    records = await pool.fetch(
+        f"SELECT {_RESULT_COLUMNS} FROM evaluation_results r"
+        " WHERE r.id = any($1::bigint[])",
+        ids,
+    )
+    return [from_record(ResultRow, r) for r in records]
+
+
+async def page_results(
+    pool: asyncpg.Pool,
+    evaluation_id: int,
+    limit: int,
+    after_position: int | None,
+    passed: bool | None = None,
+    category_id: int | None = None,
+) -> list[tuple[int, ResultRow]]:
+    """(position of the case, result) in test-case order, filtered."""
+    records = await pool.fetch(
+        f"SELECT tc.position, {_RESULT_COLUMNS}"
+        " FROM evaluation_results r JOIN test_cases tc ON tc.id = r.test_case_id"
+        " WHERE r.evaluation_id = $1 AND tc.position > coalesce($2::int, -1)"
+        "   AND ($3::bool IS NULL OR r.passed = $3)"
+        "   AND ($4::bigint IS NULL OR tc.category_id = $4)"
+        " ORDER BY tc.position LIMIT $5",
+        evaluation_id, after_position, passed, category_id, limit,
+    )
+    return [(r["position"], from_record(ResultRow, r)) for r in records]
+
+
+async def count_results(
+    pool: asyncpg.Pool,
+    evaluation_id: int,
+    passed: bool | None = None,
+    category_id: int | None = None,
+) -> int:
+    return await pool.fetchval(
+        "SELECT count(*) FROM evaluation_results r"
+        " JOIN test_cases tc ON tc.id = r.test_case_id"
+        " WHERE r.evaluation_id = $1"
+        "   AND ($2::bool IS NULL OR r.passed = $2)"
+        "   AND ($3::bigint IS NULL OR tc.category_id = $3)",
+        evaluation_id, passed, category_id,
+    )
+
+
+async def category_scores(
+    pool: asyncpg.Pool, evaluation_ids: Sequence[int]
+) -> list[CategoryScoreRow]:
+    """Per-category score and pass rate over scored results; every category
+    of the test set is listed, with nulls while it has no scored result."""
+    records = await pool.fetch(
+        "SELECT ev.id AS evaluation_id, c.id AS category_id,"
+        "   avg(r.score) FILTER (WHERE r.error IS NULL) AS score,"
+        "   avg(r.passed::int) FILTER (WHERE r.error IS NULL) AS pass_rate,"
+        "   count(r.id) AS completed_cases"
+        " FROM evaluations ev"
+        " JOIN categories c ON c.test_set_id = ev.test_set_id"
+        " LEFT JOIN test_cases tc ON tc.category_id = c.id"
+        " LEFT JOIN evaluation_results r"
+        "   ON r.test_case_id = tc.id AND r.evaluation_id = ev.id"
+        " WHERE ev.id = any($1::bigint[])"
+        " GROUP BY ev.id, c.id, c.name ORDER BY ev.id, c.name",
+        evaluation_ids,
+    )
+    return [
+        CategoryScoreRow(
+            evaluation_id=r["evaluation_id"], category_id=r["category_id"],
+            score=None if r["score"] is None else float(r["score"]),
+            pass_rate=None if r["pass_rate"] is None else float(r["pass_rate"]),
+            completed_cases=r["completed_cases"],
+        )
+        for r in records
+    ]

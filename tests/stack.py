@@ -1,0 +1,133 @@
+"""Running Assay's processes inside the test run, on loopback ports.
+
+The API, the worker and the simulator run as they do in production (uvicorn
+on a real port, an arq worker on the real Redis), only in the test's event
+loop, so tests reach them over real HTTP and websockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+import uvicorn
+
+from app.jobs.worker import build_worker
+from app.llm.simulator import SimulatorConfig, create_simulator_app
+from app.server import create_app
+from app.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app on a free loopback port; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("server stopped during start-up")
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
+async def simulator(database_url: str, config: SimulatorConfig) -> AsyncIterator[str]:
+    """A simulated model; yields its OpenAI base URL (ending in /v1)."""
+    async with serving(create_simulator_app(database_url, config)) as url:
+        yield f"{url}/v1"
+
+
+@contextlib.asynccontextmanager
+async def worker(settings: Settings) -> AsyncIterator[None]:
+    arq_worker = build_worker(settings, handle_signals=False)
+    task = asyncio.create_task(arq_worker.async_run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await arq_worker.close()
+
+
+class GraphQLError(AssertionError):
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+    @property
+    def code(self) -> str:
+        return self.errors[0]["extensions"]["code"]
+
+    @property
+    def message(self) -> str:
+        return self.errors[0]["message"]
+
+
+@dataclasses.dataclass
+class Stack:
+    """An API and a worker sharing one settings object."""
+
+    settings: Settings
+    url: str
+    http: httpx2.AsyncClient
+
+    @property
+    def graphql_url(self) -> str:
+        return f"{self.url}/graphql"
+
+    @property
+    def ws_url(self) -> str:
+        return self.graphql_url.replace("http://", "ws://")
+
+    async def query(self, document: str, **variables: Any) -> dict[str, Any]:
+        """Run a query or mutation; raises GraphQLError if it has errors."""
+        response = await self.http.post(
+            self.graphql_url, json={"query": document, "variables": variables})
+        body = response.json()
+        if body.get("errors"):
+            raise GraphQLError(body["errors"])
+        return body["data"]
+
+    async def wait_for_status(self, evaluation_id: str, *statuses: str,
+                              timeout_s: float = 60) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            data = await self.query(
+                "query($id: ID!) { evaluation(id: $id) { status completedCases"
+                " failedCases totalCases score passRate error } }", id=evaluation_id)
+            evaluation = data["evaluation"]
+            if evaluation["status"] in statuses:
+                return evaluation
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"evaluation stuck at {evaluation}")
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running_stack(settings: Settings, *, with_worker: bool = True,
+                        ) -> AsyncIterator[Stack]:
+    async with contextlib.AsyncExitStack() as stack:
+        url = await stack.enter_async_context(serving(create_app(settings)))
+        if with_worker:
+            await stack.enter_async_context(worker(settings))
+        http = await stack.enter_async_context(httpx2.AsyncClient(timeout=30))
+        yield Stack(settings=settings, url=url, http=http)
