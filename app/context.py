@@ -27,6 +27,7 @@ from app.store.rows import (
     CategoryRow,
     CategoryScoreRow,
     EvaluationRow,
+    ResultRow,
     TestCaseRow,
     TestSetRow,
 )
@@ -56,9 +57,25 @@ class Loaders:
         self.scores_of_evaluation = _grouped(
             pool, evaluation_store.category_scores, "evaluation_id")
         self.case_count_of_test_set = _counted(
-            pool, test_set_store.count_cases_by_test_set)
+            pool, test_set_store.count_test_cases)
         self.case_count_of_category = _counted(
             pool, test_set_store.count_cases_by_category)
+
+        self.test_case_page = _paged(
+            lambda ids, limit, after, category: test_set_store.page_test_cases(
+                pool, ids, limit, after, category),
+            lambda ids, limit, after, category: test_set_store.count_test_cases(
+                pool, ids, category))
+        self.result_page = _paged(
+            lambda ids, limit, after, passed, category: evaluation_store.page_results(
+                pool, ids, limit, after, passed, category),
+            lambda ids, limit, after, passed, category:
+                evaluation_store.count_results(pool, ids, passed, category))
+        self.evaluation_page_of_test_set = _paged(
+            lambda ids, limit, before: evaluation_store.page_evaluations_of_test_sets(
+                pool, ids, limit, before),
+            lambda ids, limit, before:
+                evaluation_store.count_evaluations_of_test_sets(pool, ids))
 
     test_set: DataLoader[int, TestSetRow | None]
     category: DataLoader[int, CategoryRow | None]
@@ -68,6 +85,11 @@ class Loaders:
     scores_of_evaluation: DataLoader[int, list[CategoryScoreRow]]
     case_count_of_test_set: DataLoader[int, int]
     case_count_of_category: DataLoader[int, int]
+    # Keyed by (row id, page size + 1, cursor position, filters...); answers
+    # (rows of the page, total count).
+    test_case_page: DataLoader[tuple, tuple[list[TestCaseRow], int]]
+    result_page: DataLoader[tuple, tuple[list[ResultRow], int]]
+    evaluation_page_of_test_set: DataLoader[tuple, tuple[list[EvaluationRow], int]]
 
 
 @dataclasses.dataclass
@@ -113,5 +135,29 @@ def _counted(pool: asyncpg.Pool,
     async def load(keys: list[int]) -> list[int]:
         counts = await fetch(pool, keys)
         return [counts.get(key, 0) for key in keys]
+
+    return DataLoader(load, cache=False)
+
+
+def _paged(fetch_pages: Callable[..., Awaitable[dict[int, list[Any]]]],
+           fetch_counts: Callable[..., Awaitable[dict[int, int]]],
+           ) -> DataLoader[tuple, tuple[list[Any], int]]:
+    """Pages of a nested list for many parents: one statement for the pages
+    and one for the counts per distinct set of page arguments."""
+
+    async def load(keys: list[tuple]) -> list[tuple[list[Any], int]]:
+        parents_by_arguments: dict[tuple, list[int]] = defaultdict(list)
+        for parent_id, *arguments in keys:
+            parents_by_arguments[tuple(arguments)].append(parent_id)
+
+        answers = {}
+        for arguments, parent_ids in parents_by_arguments.items():
+            parent_ids = list(dict.fromkeys(parent_ids))
+            pages = await fetch_pages(parent_ids, *arguments)
+            counts = await fetch_counts(parent_ids, *arguments)
+            for parent_id in parent_ids:
+                answers[(parent_id, *arguments)] = (pages[parent_id],
+                                                    counts.get(parent_id, 0))
+        return [answers[key] for key in keys]
 
     return DataLoader(load, cache=False)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import strawberry
 from graphql import GraphQLError
@@ -120,10 +121,11 @@ async def root(request: Request) -> RedirectResponse:
     return RedirectResponse("/graphql")
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, *,
+               query_logger: Callable[[Any], None] | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = await db.create_pool(settings)
+        pool = await db.create_pool(settings, query_logger=query_logger)
         arq = hub = None
         try:
             await db.check_schema(pool)

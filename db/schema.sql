@@ -89,6 +89,8 @@ CREATE TABLE IF NOT EXISTS evaluation_results (
     id                bigserial PRIMARY KEY,
     evaluation_id     bigint NOT NULL REFERENCES evaluations (id) ON DELETE CASCADE,
     test_case_id      bigint NOT NULL REFERENCES test_cases (id) ON DELETE CASCADE,
+    -- The test case's position, copied so result pages walk an index.
+    position          integer NOT NULL CHECK (position >= 0),
     output            text,
     score             double precision CHECK (score >= 0 AND score <= 1),
     passed            boolean,
@@ -101,6 +103,8 @@ CREATE TABLE IF NOT EXISTS evaluation_results (
     -- A result is either scored or failed, never both and never neither.
     CHECK ((error IS NULL) = (score IS NOT NULL AND passed IS NOT NULL))
 );
+CREATE INDEX IF NOT EXISTS evaluation_results_position_idx
+    ON evaluation_results (evaluation_id, position);
 
 -- Every progress event that was announced, so that a subscriber who comes
 -- late or reconnects can replay what pub/sub never kept.

@@ -124,9 +124,10 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def running_stack(settings: Settings, *, with_worker: bool = True,
-                        ) -> AsyncIterator[Stack]:
+                        query_logger: Any = None) -> AsyncIterator[Stack]:
     async with contextlib.AsyncExitStack() as stack:
-        url = await stack.enter_async_context(serving(create_app(settings)))
+        app = create_app(settings, query_logger=query_logger)
+        url = await stack.enter_async_context(serving(app))
         if with_worker:
             await stack.enter_async_context(worker(settings))
         http = await stack.enter_async_context(httpx2.AsyncClient(timeout=30))

@@ -211,8 +211,9 @@ class _Run:
         except ScoringError as exc:
             return _failed(case, f"scoring_error: {exc}", answer.latency_ms, output)
         return NewResult(
-            test_case_id=case.id, output=output, score=score.value,
-            passed=score.passed, error=None, latency_ms=answer.latency_ms,
+            test_case_id=case.id, position=case.position, output=output,
+            score=score.value, passed=score.passed, error=None,
+            latency_ms=answer.latency_ms,
             prompt_tokens=answer.prompt_tokens,
             completion_tokens=answer.completion_tokens,
         )
@@ -250,7 +251,8 @@ class _Run:
 def _failed(case: TestCaseRow, error: str, latency_ms: int | None = None,
             output: str | None = None) -> NewResult:
     return NewResult(
-        test_case_id=case.id, output=output, score=None, passed=None, error=error,
-        latency_ms=latency_ms, prompt_tokens=None, completion_tokens=None,
+        test_case_id=case.id, position=case.position, output=output, score=None,
+        passed=None, error=error, latency_ms=latency_ms, prompt_tokens=None,
+        completion_tokens=None,
     )
 

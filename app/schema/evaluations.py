@@ -209,13 +209,10 @@ class Evaluation:
         category = (None if category_id is None else
                     ids.decode(ids.Kind.CATEGORY, category_id, field="categoryId"))
 
-        pool = info.context.pool
-        rows = await evaluation_store.page_results(
-            pool, self.row_id, limit + 1, after_position, passed, category)
-        total = await evaluation_store.count_results(pool, self.row_id, passed,
-                                                     category)
-        return build_connection(rows, limit, total, lambda r: r[0],
-                                lambda r: EvaluationResult.from_row(r[1]))
+        rows, total = await info.context.loaders.result_page.load(
+            (self.row_id, limit + 1, after_position, passed, category))
+        return build_connection(rows, limit, total, lambda r: r.position,
+                                EvaluationResult.from_row)
 
 
 async def evaluation_page(

@@ -12,7 +12,6 @@ from strawberry.types import Info
 from app import ids
 from app.context import Context
 from app.schema.common import Connection, build_connection, page_size
-from app.store import test_sets as test_set_store
 from app.store.rows import CategoryRow, TestCaseRow, TestSetRow
 
 if TYPE_CHECKING:
@@ -102,10 +101,8 @@ class TestSet:
         category = (None if category_id is None else
                     ids.decode(ids.Kind.CATEGORY, category_id, field="categoryId"))
 
-        pool = info.context.pool
-        rows = await test_set_store.page_test_cases(
-            pool, self.row_id, limit + 1, after_position, category)
-        total = await test_set_store.count_test_cases(pool, self.row_id, category)
+        rows, total = await info.context.loaders.test_case_page.load(
+            (self.row_id, limit + 1, after_position, category))
         return build_connection(rows, limit, total, lambda r: r.position,
                                 TestCase.from_row)
 
@@ -118,8 +115,12 @@ class TestSet:
         after: Annotated[str | None, strawberry.argument(
             description="Cursor of the item after which the page starts.")] = None,
     ) -> Connection[EvaluationType]:
-        from app.schema.evaluations import evaluation_page
+        from app.schema.evaluations import Evaluation
 
-        return await evaluation_page(info.context, first, after,
-                                     test_set_id=self.row_id)
+        limit = page_size(first)
+        before_id = ids.decode_cursor(after)
+        rows, total = await info.context.loaders.evaluation_page_of_test_set.load(
+            (self.row_id, limit + 1, before_id))
+        return build_connection(rows, limit, total, lambda r: r.id,
+                                Evaluation.from_row)
 

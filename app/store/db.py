@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -51,12 +53,21 @@ async def _skip_reset(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(settings: Settings, *, max_size: int | None = None,
+                      query_logger: Callable[[Any], None] | None = None,
                       ) -> asyncpg.Pool:
+    """A pool whose connections decode JSON; `query_logger`, if given, hears
+    of every statement (the tests and benchmarks count them with it)."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        if query_logger is not None:
+            conn.add_query_logger(query_logger)
+
     return await asyncpg.create_pool(
         settings.database_url,
         min_size=1,
         max_size=max_size or settings.db_pool_max_size,
-        init=_init_connection,
+        init=init,
         reset=_skip_reset,
         command_timeout=60,
     )

@@ -198,10 +198,11 @@ async def _insert_results(
 ) -> list[ResultRow]:
     columns = [f.name for f in dataclasses.fields(NewResult)]
     records = await conn.fetch(
-        "INSERT INTO evaluation_results AS r (evaluation_id, test_case_id, output,"
-        "   score, passed, error, latency_ms, prompt_tokens, completion_tokens)"
-        " SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::float8[],"
-        "   $5::bool[], $6::text[], $7::int[], $8::int[], $9::int[])"
+        "INSERT INTO evaluation_results AS r (evaluation_id, test_case_id, position,"
+        "   output, score, passed, error, latency_ms, prompt_tokens,"
+        "   completion_tokens)"
+        " SELECT $1, * FROM unnest($2::bigint[], $3::int[], $4::text[],"
+        "   $5::float8[], $6::bool[], $7::text[], $8::int[], $9::int[], $10::int[])"
         " ON CONFLICT (evaluation_id, test_case_id) DO NOTHING"
         f" RETURNING {_RESULT_COLUMNS}",
         evaluation_id,
@@ -320,39 +321,78 @@ async def results_by_ids(pool: asyncpg.Pool, ids: Sequence[int]) -> list[ResultR
 
 async def page_results(
     pool: asyncpg.Pool,
-    evaluation_id: int,
+    evaluation_ids: Sequence[int],
     limit: int,
     after_position: int | None,
     passed: bool | None = None,
     category_id: int | None = None,
-) -> list[tuple[int, ResultRow]]:
-    """(position of the case, result) in test-case order, filtered."""
+) -> dict[int, list[ResultRow]]:
+    """A page of results, in test-case order, for each of several evaluations
+    in one statement (each page walks the position index on its own)."""
     records = await pool.fetch(
-        f"SELECT tc.position, {_RESULT_COLUMNS}"
-        " FROM evaluation_results r JOIN test_cases tc ON tc.id = r.test_case_id"
-        " WHERE r.evaluation_id = $1 AND tc.position > coalesce($2::int, -1)"
-        "   AND ($3::bool IS NULL OR r.passed = $3)"
-        "   AND ($4::bigint IS NULL OR tc.category_id = $4)"
-        " ORDER BY tc.position LIMIT $5",
-        evaluation_id, after_position, passed, category_id, limit,
+        f"SELECT {_PREFIXED_RESULT_COLUMNS}"
+        " FROM unnest($1::bigint[]) AS ev(id) CROSS JOIN LATERAL ("
+        "   SELECT r.* FROM evaluation_results r"
+        "   WHERE r.evaluation_id = ev.id AND r.position > coalesce($2::int, -1)"
+        "     AND ($3::bool IS NULL OR r.passed = $3)"
+        "     AND ($4::bigint IS NULL OR EXISTS (SELECT 1 FROM test_cases tc"
+        "          WHERE tc.id = r.test_case_id AND tc.category_id = $4))"
+        "   ORDER BY r.position LIMIT $5) r",
+        list(evaluation_ids), after_position, passed, category_id, limit,
     )
-    return [(r["position"], from_record(ResultRow, r)) for r in records]
+    pages: dict[int, list[ResultRow]] = {i: [] for i in evaluation_ids}
+    for r in records:
+        row = ResultRow(**{name: r[f"r_{name}"] for name in _RESULT_FIELDS})
+        pages[row.evaluation_id].append(row)
+    return pages
 
 
 async def count_results(
     pool: asyncpg.Pool,
-    evaluation_id: int,
+    evaluation_ids: Sequence[int],
     passed: bool | None = None,
     category_id: int | None = None,
-) -> int:
-    return await pool.fetchval(
-        "SELECT count(*) FROM evaluation_results r"
-        " JOIN test_cases tc ON tc.id = r.test_case_id"
-        " WHERE r.evaluation_id = $1"
+) -> dict[int, int]:
+    records = await pool.fetch(
+        "SELECT r.evaluation_id, count(*) AS n FROM evaluation_results r"
+        " WHERE r.evaluation_id = any($1::bigint[])"
         "   AND ($2::bool IS NULL OR r.passed = $2)"
-        "   AND ($3::bigint IS NULL OR tc.category_id = $3)",
-        evaluation_id, passed, category_id,
+        "   AND ($3::bigint IS NULL OR EXISTS (SELECT 1 FROM test_cases tc"
+        "        WHERE tc.id = r.test_case_id AND tc.category_id = $3))"
+        " GROUP BY r.evaluation_id",
+        list(evaluation_ids), passed, category_id,
     )
+    return {r["evaluation_id"]: r["n"] for r in records}
+
+
+async def page_evaluations_of_test_sets(
+    pool: asyncpg.Pool, test_set_ids: Sequence[int], limit: int,
+    before_id: int | None,
+) -> dict[int, list[EvaluationRow]]:
+    """Newest-first pages of each test set's evaluations, in one statement."""
+    columns = ", ".join(f"e.{f.name}" for f in dataclasses.fields(EvaluationRow))
+    records = await pool.fetch(
+        f"SELECT {columns} FROM unnest($1::bigint[]) AS ts(id) CROSS JOIN LATERAL ("
+        "   SELECT * FROM evaluations WHERE test_set_id = ts.id"
+        "     AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3) e",
+        list(test_set_ids), before_id, limit,
+    )
+    pages: dict[int, list[EvaluationRow]] = {i: [] for i in test_set_ids}
+    for record in records:
+        row = from_record(EvaluationRow, record)
+        pages[row.test_set_id].append(row)
+    return pages
+
+
+async def count_evaluations_of_test_sets(
+    pool: asyncpg.Pool, test_set_ids: Sequence[int]
+) -> dict[int, int]:
+    records = await pool.fetch(
+        "SELECT test_set_id, count(*) AS n FROM evaluations"
+        " WHERE test_set_id = any($1::bigint[]) GROUP BY test_set_id",
+        list(test_set_ids),
+    )
+    return {r["test_set_id"]: r["n"] for r in records}
 
 
 async def category_scores(

@@ -89,6 +89,7 @@ class NewResult:
     """A scored or failed model answer for one test case, not yet stored."""
 
     test_case_id: int
+    position: int
     output: str | None
     score: float | None
     passed: bool | None
@@ -103,6 +104,7 @@ class ResultRow:
     id: int
     evaluation_id: int
     test_case_id: int
+    position: int
     output: str | None
     score: float | None
     passed: bool | None

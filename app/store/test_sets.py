@@ -188,17 +188,6 @@ async def categories_by_ids(
     return [from_record(CategoryRow, r) for r in records]
 
 
-async def count_cases_by_test_set(
-    pool: asyncpg.Pool, test_set_ids: Sequence[int]
-) -> dict[int, int]:
-    records = await pool.fetch(
-        "SELECT test_set_id, count(*) AS n FROM test_cases"
-        " WHERE test_set_id = any($1::bigint[]) GROUP BY test_set_id",
-        test_set_ids,
-    )
-    return {r["test_set_id"]: r["n"] for r in records}
-
-
 async def count_cases_by_category(
     pool: asyncpg.Pool, category_ids: Sequence[int]
 ) -> dict[int, int]:
@@ -222,30 +211,39 @@ async def test_cases_by_ids(
 
 async def page_test_cases(
     pool: asyncpg.Pool,
-    test_set_id: int,
+    test_set_ids: Sequence[int],
     limit: int,
     after_position: int | None,
     category_id: int | None = None,
-) -> list[TestCaseRow]:
-    """Cases in the order they were given; `limit` at most after the cursor."""
+) -> dict[int, list[TestCaseRow]]:
+    """A page of cases, in the order given, for each of several test sets in
+    one statement."""
+    columns = ", ".join(f"tc.{c.strip()}" for c in _TEST_CASE_COLUMNS.split(","))
     records = await pool.fetch(
-        f"SELECT {_TEST_CASE_COLUMNS} FROM test_cases"
-        " WHERE test_set_id = $1 AND position > coalesce($2::int, -1)"
-        "   AND ($3::bigint IS NULL OR category_id = $3)"
-        " ORDER BY position LIMIT $4",
-        test_set_id, after_position, category_id, limit,
+        f"SELECT {columns} FROM unnest($1::bigint[]) AS ts(id) CROSS JOIN LATERAL ("
+        "   SELECT * FROM test_cases WHERE test_set_id = ts.id"
+        "     AND position > coalesce($2::int, -1)"
+        "     AND ($3::bigint IS NULL OR category_id = $3)"
+        "   ORDER BY position LIMIT $4) tc",
+        list(test_set_ids), after_position, category_id, limit,
     )
-    return [from_record(TestCaseRow, r) for r in records]
+    pages: dict[int, list[TestCaseRow]] = {i: [] for i in test_set_ids}
+    for record in records:
+        row = from_record(TestCaseRow, record)
+        pages[row.test_set_id].append(row)
+    return pages
 
 
 async def count_test_cases(
-    pool: asyncpg.Pool, test_set_id: int, category_id: int | None = None
-) -> int:
-    return await pool.fetchval(
-        "SELECT count(*) FROM test_cases WHERE test_set_id = $1"
-        " AND ($2::bigint IS NULL OR category_id = $2)",
-        test_set_id, category_id,
+    pool: asyncpg.Pool, test_set_ids: Sequence[int], category_id: int | None = None
+) -> dict[int, int]:
+    records = await pool.fetch(
+        "SELECT test_set_id, count(*) AS n FROM test_cases"
+        " WHERE test_set_id = any($1::bigint[])"
+        "   AND ($2::bigint IS NULL OR category_id = $2) GROUP BY test_set_id",
+        list(test_set_ids), category_id,
     )
+    return {r["test_set_id"]: r["n"] for r in records}
 
 
 async def missing_variables(
