@@ -56,6 +56,24 @@ def test_migrate_applies_to_an_empty_database_and_again_to_an_up_to_date_one(
     assert "schema is at version" in second.stdout
 
 
+async def test_migrate_creates_a_missing_database():
+    name = f"assay_cli_new_{uuid.uuid4().hex[:10]}"
+    url = _with_database(ADMIN_DATABASE_URL, name)
+    try:
+        run = assay("migrate", env={"DATABASE_URL": url})
+        conn = await asyncpg.connect(url)
+        tables = await conn.fetchval("SELECT count(*) FROM pg_tables"
+                                     " WHERE tablename = 'evaluations'")
+        await conn.close()
+    finally:
+        admin = await asyncpg.connect(ADMIN_DATABASE_URL)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+    assert run.returncode == 0, run.stderr
+    assert tables == 1
+
+
 @pytest.mark.parametrize(("variable", "value"), [
     ("DATABASE_URL", "mysql://nope"),
     ("REDIS_URL", "http://127.0.0.1:6379"),

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -74,8 +75,13 @@ async def create_pool(settings: Settings, *, max_size: int | None = None,
 
 
 async def migrate(settings: Settings) -> int:
-    """Apply db/schema.sql; safe on an empty and on an up-to-date database."""
-    conn = await asyncpg.connect(settings.database_url)
+    """Create the database if it is missing, then apply db/schema.sql; safe on
+    an empty and on an up-to-date database."""
+    try:
+        conn = await asyncpg.connect(settings.database_url)
+    except asyncpg.InvalidCatalogNameError:
+        await _create_database(settings.database_url)
+        conn = await asyncpg.connect(settings.database_url)
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK_KEY)
@@ -86,6 +92,20 @@ async def migrate(settings: Settings) -> int:
     log.info("database %s is at schema version %s", settings.safe_database_url,
              version)
     return version
+
+
+async def _create_database(database_url: str) -> None:
+    parts = urlsplit(database_url)
+    name = parts.path.lstrip("/")
+    admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+    try:
+        # Identifiers cannot be bound as parameters; quote it as PostgreSQL does.
+        await admin.execute(f'CREATE DATABASE "{name.replace(chr(34), chr(34) * 2)}"')
+    except asyncpg.DuplicateDatabaseError:
+        pass
+    finally:
+        await admin.close()
+    log.info("created database %s", name)
 
 
 async def check_schema(pool: asyncpg.Pool) -> None:
