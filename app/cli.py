@@ -23,6 +23,11 @@ def main(argv: list[str] | None = None) -> None:
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The HTTP client logs every model call at INFO; a worker makes hundreds a
+    # second, and the evaluation's own lines say what an operator needs.
+    for noisy in ("httpx2", "httpx", "openai"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING,
+                                              logging.getLogger().level))
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
