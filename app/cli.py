@@ -106,6 +106,9 @@ async def _worker(args: argparse.Namespace, settings: Settings) -> int:
     worker = build_worker(settings, max_evaluations=args.max_evaluations)
     try:
         await worker.async_run()
+    except asyncio.CancelledError:
+        # arq stops its main task this way on SIGINT and SIGTERM.
+        log.info("worker stopped")
     finally:
         await worker.close()
     return 0
