@@ -168,6 +168,8 @@ class _Demo:
 
     async def run(self) -> int:
         simulator_config = self._check_arguments()
+        _say(f"Assay demo: an evaluation of {_shown(EXAMPLE_TEST_SET)}, from start"
+             " to finish.")
         self.settings, self.services = await ensure_services(
             self.settings, self.data_dir, report=_say)
         await self._migrate()
@@ -259,8 +261,9 @@ class _Demo:
              "--latency-ms", str(config.latency_ms)],
             self._child_env(base_url))
         self.ready_checks.append((child, f"{base_url}/models"))
-        _say(f"Started the simulated model at {base_url} (accuracy "
-             f"{config.accuracy:g}, latency {config.latency_ms:g} ms)")
+        _say(f"Started the simulated model at {base_url}: it gets about "
+             f"{config.accuracy:.0%} of the answers right, in about "
+             f"{config.latency_ms:g} ms each")
         return base_url
 
     def _start_api_and_worker(self, model_base_url: str) -> None:
@@ -652,7 +655,7 @@ def _assay_command() -> list[str]:
     script = Path(sys.executable).with_name("assay")
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-c", "from app.cli import main; main()"]
+    return [sys.executable, "-m", "app.cli"]
 
 
 def _quiet_operator_logs() -> None:
