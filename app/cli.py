@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="evaluations one worker runs at once (default 4)")
     worker.set_defaults(command=_worker)
 
-    migrate = commands.add_parser("migrate", help="create or update the database schema")
+    migrate = commands.add_parser(
+        "migrate", help="create the database or update its schema")
     migrate.set_defaults(command=_migrate)
 
     schema = commands.add_parser("schema", help="print the served GraphQL schema (SDL)")

@@ -100,7 +100,8 @@ def _url(env: Mapping[str, str], name: str, default: str,
     scheme = urlsplit(value).scheme
     if scheme not in schemes:
         raise SettingsError(
-            f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
+            f"{name} must be a URL starting with"
+            f" {' or '.join(s + '://' for s in schemes)}"
             f", got {mask_password(value)!r}"
         )
     return value

@@ -75,11 +75,12 @@ async def run_once(size: int, base_env: dict[str, str], settings: Settings) -> N
         await asyncio.sleep(1.0)
         baseline_mb = peak_rss_mb(worker.pid)
 
-        evaluation = await evaluations.create_evaluation(pool, evaluations.NewEvaluation(
+        new = evaluations.NewEvaluation(
             test_set_id=test_set.id, name=None, model="assay-simulator",
             prompt_template="{{ question }}", system_prompt=None, temperature=None,
             max_tokens=None, scorer_type="NUMERIC", scorer_options={},
-            concurrency=32))
+            concurrency=32)
+        evaluation = await evaluations.create_evaluation(pool, new)
         arq = await queue.connect(settings.redis_url)
         started = time.perf_counter()
         await queue.enqueue_evaluation(arq, settings.redis_prefix, evaluation.id, 1)

@@ -115,7 +115,9 @@ async def test_delete_test_set_removes_it_and_a_second_delete_is_not_found(stack
     created = await create_test_set(stack, arithmetic_cases(2))
     delete = "mutation($id: ID!) { deleteTestSet(id: $id) }"
 
-    assert (await stack.query(delete, id=created["id"]))["deleteTestSet"] == created["id"]
+    deleted = await stack.query(delete, id=created["id"])
+
+    assert deleted["deleteTestSet"] == created["id"]
     assert (await stack.query(TEST_SET_PAGE, id=created["id"]))["testSet"] is None
     with pytest.raises(GraphQLError) as error:
         await stack.query(delete, id=created["id"])

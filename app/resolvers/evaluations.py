@@ -15,7 +15,7 @@ from app.context import Context
 from app.errors import ApiError, BadUserInput, Conflict, NotFound
 from app.jobs import queue
 from app.resolvers import validation
-from app.schema.common import Connection
+from app.schema.common import After, Connection, First
 from app.schema.evaluations import Evaluation, EvaluationStatus, evaluation_page
 from app.schema.inputs import CreateEvaluationInput
 from app.scoring import ScorerOptionsError, build_scorer
@@ -23,7 +23,6 @@ from app.store import evaluations as evaluation_store
 from app.store import test_sets as test_set_store
 from app.store.evaluations import NewEvaluation
 from app.templates import TemplateError, compile_template
-
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +33,8 @@ class EvaluationQueries:
     async def evaluations(
         self,
         info: Info[Context, None],
-        first: Annotated[int | None, strawberry.argument(
-            description="Page size (default 50, at most 500).")] = None,
-        after: Annotated[str | None, strawberry.argument(
-            description="Cursor of the item after which the page starts.")] = None,
+        first: First = None,
+        after: After = None,
         status: Annotated[EvaluationStatus | None, strawberry.argument(
             description="Only evaluations in this status.")] = None,
         test_set_id: Annotated[strawberry.ID | None, strawberry.argument(

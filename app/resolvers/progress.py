@@ -14,7 +14,6 @@ from app.context import Context
 from app.schema.progress import EvaluationProgressEvent
 
 
-
 @strawberry.type
 class ProgressSubscriptions:
     @strawberry.subscription(description=(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
 
 import strawberry
 from strawberry.types import Info
@@ -12,12 +11,11 @@ from app import ids
 from app.context import Context
 from app.errors import BadUserInput, NotFound
 from app.resolvers import validation
-from app.schema.common import Connection, build_connection, page_size
+from app.schema.common import After, Connection, First, build_connection, page_size
 from app.schema.inputs import CreateTestSetInput, TestCaseInput
 from app.schema.test_sets import TestSet
 from app.store import test_sets as test_set_store
 from app.store.rows import NewTestCase
-
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +30,8 @@ class TestSetQueries:
     async def test_sets(
         self,
         info: Info[Context, None],
-        first: Annotated[int | None, strawberry.argument(
-            description="Page size (default 50, at most 500).")] = None,
-        after: Annotated[str | None, strawberry.argument(
-            description="Cursor of the item after which the page starts.")] = None,
+        first: First = None,
+        after: After = None,
     ) -> Connection[TestSet]:
         limit = page_size(first)
         before_id = ids.decode_cursor(after)

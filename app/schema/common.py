@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
 import strawberry
 
@@ -15,6 +15,12 @@ Row = TypeVar("Row")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+
+# The arguments every paged field takes.
+First = Annotated[int | None, strawberry.argument(
+    description=f"Page size (default {DEFAULT_PAGE_SIZE}, at most {MAX_PAGE_SIZE}).")]
+After = Annotated[str | None, strawberry.argument(
+    description="Cursor of the item after which the page starts.")]
 
 
 @strawberry.type(description="Where a page stands in the whole list.")

@@ -13,11 +13,10 @@ from strawberry.types import Info
 from app import ids
 from app.context import Context
 from app.errors import ApiError
-from app.schema.common import Connection, build_connection, page_size
+from app.schema.common import After, Connection, First, build_connection, page_size
 from app.schema.test_sets import Category, TestCase, TestSet
 from app.store import evaluations as evaluation_store
 from app.store.rows import CategoryScoreRow, EvaluationRow, ResultRow
-
 
 
 @strawberry.enum(description="Where an evaluation is in its life.")
@@ -118,7 +117,8 @@ class EvaluationResult:
         return TestCase.from_row(row)
 
 
-@strawberry.type(description="One model configuration run over every case of a test set.")
+@strawberry.type(
+    description="One model configuration run over every case of a test set.")
 class Evaluation:
     id: strawberry.ID = strawberry.field(description="Opaque id of the evaluation.")
     name: str | None = strawberry.field(description="A label, if given.")
@@ -194,10 +194,8 @@ class Evaluation:
     async def results(
         self,
         info: Info[Context, None],
-        first: Annotated[int | None, strawberry.argument(
-            description="Page size (default 50, at most 500).")] = None,
-        after: Annotated[str | None, strawberry.argument(
-            description="Cursor of the item after which the page starts.")] = None,
+        first: First = None,
+        after: After = None,
         passed: Annotated[bool | None, strawberry.argument(
             description="Only results that passed (true) or were scored and"
             " failed (false).")] = None,

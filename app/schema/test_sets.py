@@ -11,7 +11,7 @@ from strawberry.types import Info
 
 from app import ids
 from app.context import Context
-from app.schema.common import Connection, build_connection, page_size
+from app.schema.common import After, Connection, First, build_connection, page_size
 from app.store.rows import CategoryRow, TestCaseRow, TestSetRow
 
 if TYPE_CHECKING:
@@ -89,10 +89,8 @@ class TestSet:
     async def test_cases(
         self,
         info: Info[Context, None],
-        first: Annotated[int | None, strawberry.argument(
-            description="Page size (default 50, at most 500).")] = None,
-        after: Annotated[str | None, strawberry.argument(
-            description="Cursor of the item after which the page starts.")] = None,
+        first: First = None,
+        after: After = None,
         category_id: Annotated[strawberry.ID | None, strawberry.argument(
             description="Only the cases of this category.")] = None,
     ) -> Connection[TestCase]:
@@ -110,10 +108,8 @@ class TestSet:
     async def evaluations(
         self,
         info: Info[Context, None],
-        first: Annotated[int | None, strawberry.argument(
-            description="Page size (default 50, at most 500).")] = None,
-        after: Annotated[str | None, strawberry.argument(
-            description="Cursor of the item after which the page starts.")] = None,
+        first: First = None,
+        after: After = None,
     ) -> Connection[EvaluationType]:
         from app.schema.evaluations import Evaluation
 

@@ -13,8 +13,13 @@ One module per family: `text` (EXACT_MATCH, CONTAINS), `pattern` (REGEX),
 
 from __future__ import annotations
 
-from app.scoring.base import Score, Scorer, ScorerOptionsError, ScoringError
-from app.scoring.base import check_option_names
+from app.scoring.base import (
+    Score,
+    Scorer,
+    ScorerOptionsError,
+    ScoringError,
+    check_option_names,
+)
 from app.scoring.numeric import NumericScorer, final_number
 from app.scoring.pattern import RegexScorer
 from app.scoring.text import ContainsScorer, ExactMatchScorer

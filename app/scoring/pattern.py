@@ -21,13 +21,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 # Python has no public API for a pattern's parse tree. The old public names,
 # `sre_parse` and `sre_constants`, warn on import since 3.11; these are the
 # same modules under their current names.
 from re import _constants as sre
 from re import _parser as sre_parser
+from typing import Any
 
 from app.scoring.base import (
     FAIL,

@@ -72,7 +72,8 @@ async def evaluations_by_ids(
     return [from_record(EvaluationRow, r) for r in records]
 
 
-async def get_evaluation(pool: asyncpg.Pool, evaluation_id: int) -> EvaluationRow | None:
+async def get_evaluation(pool: asyncpg.Pool,
+                         evaluation_id: int) -> EvaluationRow | None:
     found = await evaluations_by_ids(pool, [evaluation_id])
     return found[0] if found else None
 
