@@ -44,14 +44,19 @@ def _parser() -> argparse.ArgumentParser:
     from app.llm import simulator
 
     parser = argparse.ArgumentParser(
-        prog="assay", description="Assay: evaluate LLM features against test sets.")
+        prog="assay", description="Assay: evaluate LLM features against test sets.",
+        epilog="Settings come from the environment: DATABASE_URL, REDIS_URL,"
+        " OPENAI_BASE_URL, OPENAI_API_KEY and the ASSAY_* variables listed in"
+        " README.md.")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the GraphQL API")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000,
+                       help="port to listen on (default: %(default)s)")
     serve.set_defaults(command=_serve)
 
     worker = commands.add_parser("worker", help="run evaluations from the queue")
@@ -138,9 +143,15 @@ async def _import(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _schema_is_current(settings: Settings, db: Any) -> bool:
     """Refuse to start on a database whose schema is behind, saying why."""
+    import asyncpg
+
     try:
         pool = await db.create_pool(settings, max_size=2)
-    except (OSError, Exception) as exc:
+    except asyncpg.InvalidCatalogNameError:
+        print(f"assay: the database at {settings.safe_database_url} does not exist:"
+              " run `assay migrate` to create it", file=sys.stderr)
+        return False
+    except (OSError, asyncpg.PostgresError) as exc:
         print(f"assay: cannot connect to PostgreSQL at {settings.safe_database_url}:"
               f" {exc}", file=sys.stderr)
         return False

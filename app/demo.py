@@ -186,8 +186,8 @@ class _Demo:
 
         if self.args.keep_running and code == 0:
             return await self._keep_running()
-        _say(f"GraphiQL was at {self.api_url}; run with --keep-running to keep "
-             "the API up and explore the evaluation there.")
+        _say(f"To explore the evaluation in GraphiQL at {self.api_url}, run the "
+             "demo with --keep-running: the API stops now.")
         return code
 
     async def stop(self) -> None:

@@ -46,6 +46,17 @@ def test_serve_and_worker_refuse_a_database_without_the_schema(
     assert "assay migrate" in run.stderr
 
 
+def test_serve_on_a_missing_database_says_migrate_creates_it(redis_prefix):
+    missing = _with_database(ADMIN_DATABASE_URL, f"assay_none_{uuid.uuid4().hex}")
+
+    run = assay("serve", env={"DATABASE_URL": missing,
+                              "ASSAY_REDIS_PREFIX": redis_prefix})
+
+    assert run.returncode != 0
+    assert "does not exist" in run.stderr
+    assert "assay migrate" in run.stderr
+
+
 def test_migrate_applies_to_an_empty_database_and_again_to_an_up_to_date_one(
         empty_database_url):
     first = assay("migrate", env={"DATABASE_URL": empty_database_url})
