@@ -26,6 +26,11 @@ from app.templates import TemplateError, compile_template
 
 log = logging.getLogger(__name__)
 
+EvaluationId = Annotated[strawberry.ID, strawberry.argument(
+    description="The evaluation's id.")]
+NewEvaluationInput = Annotated[CreateEvaluationInput, strawberry.argument(
+    description="The evaluation to run.")]
+
 
 @strawberry.type
 class EvaluationQueries:
@@ -48,7 +53,7 @@ class EvaluationQueries:
 
     @strawberry.field(description="One evaluation; null if there is none with this id.")
     async def evaluation(self, info: Info[Context, None],
-                         id: strawberry.ID) -> Evaluation | None:
+                         id: EvaluationId) -> Evaluation | None:
         row_id = ids.decode(ids.Kind.EVALUATION, id, field="id")
         row = await info.context.loaders.evaluation.load(row_id)
         return Evaluation.from_row(row) if row else None
@@ -59,7 +64,7 @@ class EvaluationMutations:
     @strawberry.mutation(description="Stores the evaluation as QUEUED, enqueues"
                          " its job and returns at once.")
     async def create_evaluation(self, info: Info[Context, None],
-                                input: CreateEvaluationInput) -> Evaluation:
+                                input: NewEvaluationInput) -> Evaluation:
         context = info.context
         new = await _validated(context, input)
 
@@ -72,7 +77,7 @@ class EvaluationMutations:
     @strawberry.mutation(description="Stops a QUEUED or IN_PROGRESS evaluation;"
                          " results already stored are kept.")
     async def cancel_evaluation(self, info: Info[Context, None],
-                                id: strawberry.ID) -> Evaluation:
+                                id: EvaluationId) -> Evaluation:
         row_id = ids.decode(ids.Kind.EVALUATION, id, field="id")
         context = info.context
 

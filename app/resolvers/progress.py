@@ -27,7 +27,8 @@ class ProgressSubscriptions:
     async def evaluation_progress(
         self,
         info: Info[Context, None],
-        evaluation_id: strawberry.ID,
+        evaluation_id: Annotated[strawberry.ID, strawberry.argument(
+            description="The evaluation to follow.")],
         after_sequence: Annotated[int | None, strawberry.argument(
             description="The last sequence this client saw; replay from there.")
         ] = None,

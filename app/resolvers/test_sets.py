@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 import strawberry
 from strawberry.types import Info
@@ -18,6 +19,11 @@ from app.store import test_sets as test_set_store
 from app.store.rows import NewTestCase
 
 log = logging.getLogger(__name__)
+
+TestSetId = Annotated[strawberry.ID, strawberry.argument(
+    description="The test set's id.")]
+NewTestSet = Annotated[CreateTestSetInput, strawberry.argument(
+    description="The test set to store.")]
 
 # How many test cases one request may carry; larger sets are sent in batches
 # with appendTestCases (as `assay import` does).
@@ -43,7 +49,7 @@ class TestSetQueries:
 
     @strawberry.field(description="One test set; null if there is none with this id.")
     async def test_set(self, info: Info[Context, None],
-                       id: strawberry.ID) -> TestSet | None:
+                       id: TestSetId) -> TestSet | None:
         row_id = ids.decode(ids.Kind.TEST_SET, id, field="id")
         row = await info.context.loaders.test_set.load(row_id)
         return TestSet.from_row(row) if row else None
@@ -54,7 +60,7 @@ class TestSetMutations:
     @strawberry.mutation(description="Stores a test set with its categories and"
                          " cases, all or nothing.")
     async def create_test_set(self, info: Info[Context, None],
-                              input: CreateTestSetInput) -> TestSet:
+                              input: NewTestSet) -> TestSet:
         name = validation.text(input.name, "input.name", required=True,
                                max_length=validation.MAX_NAME_LENGTH)
         description = validation.text(input.description, "input.description")
@@ -69,8 +75,11 @@ class TestSetMutations:
     @strawberry.mutation(description="Adds test cases after the last one of a"
                          " test set, all or nothing.")
     async def append_test_cases(
-        self, info: Info[Context, None], test_set_id: strawberry.ID,
-        test_cases: list[TestCaseInput],
+        self, info: Info[Context, None],
+        test_set_id: Annotated[strawberry.ID, strawberry.argument(
+            description="The test set to add to.")],
+        test_cases: Annotated[list[TestCaseInput], strawberry.argument(
+            description="The cases to add, in order.")],
     ) -> TestSet:
         row_id = ids.decode(ids.Kind.TEST_SET, test_set_id, field="testSetId")
         cases = _test_cases(test_cases, "testCases")
@@ -82,7 +91,7 @@ class TestSetMutations:
     @strawberry.mutation(description="Deletes a test set with its cases,"
                          " evaluations and results; returns its id.")
     async def delete_test_set(self, info: Info[Context, None],
-                              id: strawberry.ID) -> strawberry.ID:
+                              id: TestSetId) -> strawberry.ID:
         row_id = ids.decode(ids.Kind.TEST_SET, id, field="id")
         if not await test_set_store.delete_test_set(info.context.pool, row_id):
             raise NotFound("id: no test set with this id")
