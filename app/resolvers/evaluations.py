@@ -14,7 +14,7 @@ from app import events, ids
 from app.context import Context
 from app.errors import ApiError, BadUserInput, Conflict, NotFound
 from app.jobs import queue
-from app.resolvers import validation
+from app import validation
 from app.schema.common import After, Connection, First
 from app.schema.evaluations import Evaluation, EvaluationStatus, evaluation_page
 from app.schema.inputs import CreateEvaluationInput

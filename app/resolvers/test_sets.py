@@ -11,7 +11,7 @@ from strawberry.types import Info
 from app import ids
 from app.context import Context
 from app.errors import BadUserInput, NotFound
-from app.resolvers import validation
+from app import validation
 from app.schema.common import After, Connection, First, build_connection, page_size
 from app.schema.inputs import CreateTestSetInput, TestCaseInput
 from app.schema.test_sets import TestSet

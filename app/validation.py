@@ -1,4 +1,7 @@
-"""Checks on user input that the GraphQL types alone cannot express.
+"""Checks on test data and other user input that types alone cannot express.
+
+Used by the API's resolvers and by `assay import`'s first pass, so that a file
+the API would refuse is refused before anything is sent.
 
 Each failure is a BadUserInput whose message starts with the path of the
 offending field (`input.testCases[3].input.question: ...`), so a client can
@@ -7,6 +10,7 @@ point at it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from app.errors import BadUserInput
@@ -49,8 +53,9 @@ def json_value(value: Any, path: str, *, depth: int = 0) -> Any:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             json_value(item, f"{path}[{index}]", depth=depth + 1)
-    elif isinstance(value, float) and value != value:
-        raise BadUserInput(f"{path}: NaN is not a JSON number")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise BadUserInput(
+            f"{path}: {value} is not a JSON number (too large, infinite or NaN)")
     return value
 
 
