@@ -14,6 +14,9 @@ import enum
 from app.errors import BadUserInput
 
 _MAX_ROW_ID = 2**63 - 1
+# Cursors over positions (int4 columns) and over row ids (bigint columns).
+MAX_POSITION = 2**31 - 1
+MAX_ROW_ID = _MAX_ROW_ID
 
 
 class Kind(enum.Enum):
@@ -31,7 +34,8 @@ def encode(kind: Kind, row_id: int) -> str:
 def decode(kind: Kind, api_id: str, *, field: str) -> int:
     """The row id behind `api_id`; BadUserInput naming `field` if malformed."""
     prefix, _, digits = api_id.partition("_")
-    if prefix != kind.value or not digits.isascii() or not digits.isdigit():
+    if (prefix != kind.value or not digits.isascii() or not digits.isdigit()
+            or len(digits) > 19):
         raise BadUserInput(
             f"{field}: {api_id[:80]!r} is not a valid "
             f"{kind.name.lower().replace('_', ' ')} id "
@@ -47,16 +51,20 @@ def encode_cursor(position: int) -> str:
     return base64.urlsafe_b64encode(f"c:{position}".encode()).decode()
 
 
-def decode_cursor(cursor: str | None, *, field: str = "after") -> int | None:
+def decode_cursor(cursor: str | None, *, field: str = "after",
+                  maximum: int = MAX_POSITION) -> int | None:
     """The position after which a page starts; None for the first page."""
     if cursor is None:
         return None
     try:
         text = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii")
         tag, _, digits = text.partition(":")
-        if tag != "c" or not digits.lstrip("-").isdigit():
+        if tag != "c" or not digits.isdigit() or len(digits) > 19:
             raise ValueError
-        return int(digits)
+        position = int(digits)
+        if position > maximum:
+            raise ValueError
+        return position
     except (ValueError, UnicodeError):
         raise BadUserInput(
             f"{field}: {cursor[:80]!r} is not a cursor this API handed out"

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import strawberry
+from cross_web import HTTPException
 from graphql import GraphQLError
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.extensions import SchemaExtension
+from strawberry.extensions import (
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
+from strawberry.schema.exceptions import InvalidOperationTypeError
 
 from app.context import Context, Loaders, Services
 from app.errors import ApiError
@@ -29,67 +39,76 @@ from app.store import db
 log = logging.getLogger(__name__)
 
 
-class ErrorCodes(SchemaExtension):
-    """Gives every error its `extensions.code` and hides unexpected ones.
+class _Schema(strawberry.Schema):
+    """The schema, with every error given its `extensions.code` in one place.
 
-    Errors about the request itself (syntax, unknown fields, wrong variable
-    types) come from graphql-core with no original error: they are the
-    client's, so they keep their message as BAD_USER_INPUT. Anything else that
-    is not an ApiError is logged once here and replaced by a generic message.
+    Strawberry hands every list of errors here (parse, validation, execution
+    and each subscription event) before it answers, so coding them in place
+    reaches every path. Errors about the request itself (syntax, unknown
+    fields, wrong variable types, limits) come from graphql-core with no
+    original error: they are the client's, and keep their message as
+    BAD_USER_INPUT. Anything else that is not an ApiError is logged once here
+    and its message replaced, so no trace or secret reaches a client.
     """
 
-    def on_operation(self) -> Iterator[None]:
-        yield
-        _code_errors(self.execution_context.result)
-
-    def on_stream_result(self, result: object) -> Iterator[None]:
-        # Subscription events do not pass through on_operation's result.
-        _code_errors(result)
-        yield None
+    def process_errors(self, errors: list[GraphQLError],
+                       execution_context: object = None) -> None:
+        for error in errors:
+            _code(error)
 
 
-def _code_errors(result: object) -> None:
-    errors = getattr(result, "errors", None)
-    if errors:
-        result.errors = [_coded(error) for error in errors]
-
-
-def _coded(error: GraphQLError) -> GraphQLError:
+def _code(error: GraphQLError) -> None:
     if "code" in (error.extensions or {}):
-        return error
+        return
     original = error.original_error
     while isinstance(original, GraphQLError):
         original = original.original_error
+
     if original is None:
-        return _with_code(error, error.message, "BAD_USER_INPUT")
-    if isinstance(original, ApiError):
-        return _with_code(error, original.message, original.code)
-    log.error("unexpected error in %s", ".".join(map(str, error.path or [])),
-              exc_info=original)
-    return _with_code(error, "Internal server error.", "INTERNAL_SERVER_ERROR")
+        code = "BAD_USER_INPUT"
+    elif isinstance(original, ApiError):
+        error.message, code = original.message, original.code
+    elif isinstance(original, InvalidOperationTypeError):
+        error.message = ("the graphql-ws subprotocol carries subscriptions only;"
+                         " send queries and mutations over HTTP or"
+                         " graphql-transport-ws")
+        code = "BAD_USER_INPUT"
+    else:
+        log.error("unexpected error in %s", ".".join(map(str, error.path or [])),
+                  exc_info=original)
+        error.message, code = "Internal server error.", "INTERNAL_SERVER_ERROR"
+        error.original_error = None
+    error.extensions = {**(error.extensions or {}), "code": code}
 
 
-def _with_code(error: GraphQLError, message: str, code: str) -> GraphQLError:
-    return GraphQLError(message, nodes=error.nodes, source=error.source,
-                        positions=error.positions, path=error.path,
-                        extensions={**(error.extensions or {}), "code": code})
-
-
-class _Schema(strawberry.Schema):
-    def process_errors(self, errors: list[GraphQLError],
-                       execution_context: object = None) -> None:
-        # Strawberry would log every error, the client's own mistakes included;
-        # ErrorCodes logs the unexpected ones, once.
-        return None
-
-
-def build_schema() -> strawberry.Schema:
-    return _Schema(query=Query, mutation=Mutation, subscription=Subscription,
-                   extensions=[ErrorCodes])
+def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+    settings = settings or Settings()
+    return _Schema(
+        query=Query, mutation=Mutation, subscription=Subscription,
+        extensions=[
+            # Parsing and validating a document costs more than running a
+            # small query; the caches make repeated documents nearly free.
+            lambda: ParserCache(maxsize=1000),
+            lambda: ValidationCache(maxsize=1000),
+            lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
+            lambda: MaxAliasesLimiter(max_alias_count=settings.max_query_aliases),
+            lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
+        ])
 
 
 class AssayGraphQL(GraphQL):
     """The GraphQL endpoint, with Assay's context on every operation."""
+
+    def decode_json(self, data: str | bytes) -> object:
+        try:
+            return super().decode_json(data)
+        except (RecursionError, ValueError, UnicodeDecodeError) as exc:
+            # json.loads gives up on very deep nesting, very long integers and
+            # bytes that are not UTF-8; none of that is the server's fault.
+            raise HTTPException(
+                400, "the request body is not JSON that can be read: it is"
+                " nested too deeply, holds a number too long, or is not UTF-8"
+            ) from exc
 
     async def get_context(self, request: Request | WebSocket,
                           response: Response | WebSocket) -> Context:
@@ -115,6 +134,51 @@ async def healthz(request: Request) -> JSONResponse:
     if down:
         return JSONResponse({"status": "unavailable", "down": down}, status_code=503)
     return JSONResponse({"status": "ok"})
+
+
+class RequestSizeLimit:
+    """Answers 413 to a request whose body grows past `max_bytes`, before the
+    body is parsed; chunked bodies are counted as they arrive."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+
+        received = 0
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted_receive, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {"errors": [{"message": f"the request body is larger than"
+                         f" {self.max_bytes} bytes (ASSAY_MAX_REQUEST_BYTES)",
+                         "extensions": {"code": "BAD_USER_INPUT"}}]},
+            status_code=413)
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
 
 
 async def root(request: Request) -> RedirectResponse:
@@ -144,7 +208,7 @@ def create_app(settings: Settings, *,
                 await arq.aclose()
             await pool.close()
 
-    graphql = AssayGraphQL(build_schema())
+    graphql = AssayGraphQL(build_schema(settings))
     # A Route and a WebSocketRoute on the same path: a Mount would redirect
     # /graphql to /graphql/, which a websocket cannot follow.
     return Starlette(
@@ -155,4 +219,6 @@ def create_app(settings: Settings, *,
             Route("/", root),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(RequestSizeLimit,
+                               max_bytes=settings.max_request_bytes)],
     )

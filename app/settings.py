@@ -40,6 +40,11 @@ class Settings:
     default_concurrency: int = 8
     max_concurrency: int = 64
     db_pool_max_size: int = 10
+    # Bounds on one API request, so that no single request can stall the API.
+    max_request_bytes: int = 10 * 1024 * 1024
+    max_query_depth: int = 12
+    max_query_aliases: int = 30
+    max_query_tokens: int = 5_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -61,6 +66,14 @@ class Settings:
             max_concurrency=_number(env, "ASSAY_MAX_CONCURRENCY", 64, int,
                                     minimum=1),
             db_pool_max_size=_number(env, "ASSAY_DB_POOL_SIZE", 10, int, minimum=2),
+            max_request_bytes=_number(env, "ASSAY_MAX_REQUEST_BYTES",
+                                      10 * 1024 * 1024, int, minimum=1024),
+            max_query_depth=_number(env, "ASSAY_MAX_QUERY_DEPTH", 12, int,
+                                    minimum=3),
+            max_query_aliases=_number(env, "ASSAY_MAX_QUERY_ALIASES", 30, int,
+                                      minimum=1),
+            max_query_tokens=_number(env, "ASSAY_MAX_QUERY_TOKENS", 5_000, int,
+                                     minimum=100),
         )
 
     def replace(self, **changes: object) -> Settings:

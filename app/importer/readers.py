@@ -2,8 +2,10 @@
 
 A file is read as a stream of `(line_number, record)` pairs, where a record is a
 dict of field name to value, and then each record is mapped to a test case in
-the shape of the API's `TestCaseInput`. Nothing here talks to the server, so
-the importer can check a whole file before it creates anything.
+the shape of the API's `TestCaseInput`. Each test case is checked with the
+same functions the API applies to it (app/validation.py). Nothing here talks to
+the server, so the importer can check a whole file before it creates anything,
+and a file that passes is one the API will accept.
 
 Every problem is raised as an `ImportFileError` naming the file and the line
 where the bad record starts, because a user fixing a file of thousands of
@@ -15,12 +17,16 @@ from __future__ import annotations
 import codecs
 import csv
 import dataclasses
+import itertools
 import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Protocol
+
+from app import validation
+from app.errors import BadUserInput
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,15 @@ _MAX_JSON_RECORD_CHARS = 64 * 1024 * 1024
 # may only mean the record goes on in the next chunk.
 _TRUNCATED_TOKEN_CHARS = 16
 _JSON_WHITESPACE = re.compile(r"[ \t\r\n]*")
+
+# Python's json parser recurses once per level of nesting and gives up at the
+# interpreter's recursion limit, which is far past what the API accepts anyway.
+_TOO_DEEP = (f"the record is nested deeper than {validation.MAX_JSON_DEPTH} "
+             "levels, the most the API accepts")
+
+# A quoted CSV cell, closed or running to the end of the text; what is left
+# when these are taken out is the row's delimiters and unquoted text.
+_QUOTED_CELL = re.compile(r'"[^"]*(?:"|$)')
 
 
 class ImportFileError(Exception):
@@ -107,19 +122,27 @@ def guess_format(path: Path | str) -> str:
 
 
 def read_records(
-    path: Path | str, file_format: str, *, has_header: bool = True
+    path: Path | str,
+    file_format: str,
+    *,
+    has_header: bool = True,
+    delimiter: str | None = None,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield `(line_number, record)` for every record of the file, streaming.
 
     `line_number` is the 1-based physical line where the record starts. For
     CSV and TSV files without a header row (`has_header=False`) the fields are
-    named `column1`, `column2`, ... A UTF-8 byte order mark is skipped.
+    named `column1`, `column2`, ... A UTF-8 byte order mark is skipped. A CSV
+    file is split at `delimiter`; None means the one `detect_delimiter` finds.
     """
     if file_format not in FORMATS:
         raise ImportFileError(path, None, f"unknown format {file_format!r}")
     if not has_header and file_format not in ("csv", "tsv"):
         raise ImportFileError(
             path, None, "a file without a header row must be CSV or TSV")
+    if delimiter is not None and file_format != "csv":
+        raise ImportFileError(
+            path, None, "a delimiter can be chosen only for a CSV file")
 
     with open(path, "rb") as file:
         if file_format == "jsonl":
@@ -127,7 +150,26 @@ def read_records(
         elif file_format == "json":
             yield from _read_json_array(path, file)
         else:
-            yield from _read_delimited(path, file, file_format, has_header)
+            lines = _decoded_lines(path, file)
+            if file_format == "tsv":
+                delimiter = "\t"
+            elif delimiter is None:
+                delimiter, lines = _delimiter_and_lines(lines, has_header)
+            yield from _read_delimited(
+                path, lines, file_format, delimiter, has_header)
+
+
+def detect_delimiter(path: Path | str, *, has_header: bool = True) -> str:
+    """The delimiter of a CSV file: ';' if its header row holds a ';' and no
+    ',' outside quotes, else ','.
+
+    Spreadsheets set to a language that writes decimal commas save CSV with
+    semicolons. Only a header row is looked at: a row of data may hold a ';'
+    in unquoted text, so a file without a header is taken to use ','.
+    """
+    with open(path, "rb") as file:
+        delimiter, _ = _delimiter_and_lines(_decoded_lines(path, file), has_header)
+    return delimiter
 
 
 def choose_mapping(
@@ -192,7 +234,26 @@ def to_test_case(
         test_case["category"] = category_name
 
     test_case["metadata"] = {"source_line": line}
+    check_test_case(path, line, test_case)
     return test_case
+
+
+def check_test_case(
+    path: Path | str, line: int, test_case: Mapping[str, Any]
+) -> None:
+    """Apply to a test case the checks the API applies to every `TestCaseInput`,
+    in the same order, so a case the API would refuse is refused here, with its
+    line, before anything is sent."""
+    category = test_case.get("category")
+    try:
+        validation.json_value(test_case["input"], "input")
+        validation.text(test_case.get("expectedOutput"), "expectedOutput",
+                        max_length=validation.MAX_TEXT_LENGTH)
+        validation.text(category, "category", required=category is not None,
+                        max_length=validation.MAX_NAME_LENGTH)
+        validation.json_value(test_case["metadata"], "metadata")
+    except BadUserInput as error:
+        raise ImportFileError(path, line, error.message) from None
 
 
 def read_test_cases(
@@ -201,6 +262,7 @@ def read_test_cases(
     options: FieldOptions,
     *,
     has_header: bool = True,
+    delimiter: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the test case of every record of the file, streaming.
 
@@ -208,7 +270,9 @@ def read_test_cases(
     field mapping depends only on the first record.
     """
     mapping: FieldMapping | None = None
-    for line, record in read_records(path, file_format, has_header=has_header):
+    records = read_records(path, file_format, has_header=has_header,
+                           delimiter=delimiter)
+    for line, record in records:
         if mapping is None:
             mapping = choose_mapping(record, options)
             logger.debug("reading %s with %s", path, mapping)
@@ -264,6 +328,8 @@ def _read_jsonl(
             raise ImportFileError(
                 path, line, f"invalid JSON: {error.msg} (column {error.colno})"
             ) from None
+        except RecursionError:
+            raise ImportFileError(path, line, _TOO_DEEP) from None
         if not isinstance(value, dict):
             raise ImportFileError(
                 path, line, f"the record is a JSON {_json_kind(value)}, "
@@ -416,6 +482,8 @@ def _decode_record(text: _ChunkedText, decoder: json.JSONDecoder) -> dict[str, A
                     f"{_MAX_JSON_RECORD_CHARS} characters") from None
             text.read_more()
             continue
+        except RecursionError:
+            raise ImportFileError(text.path, text.line, _TOO_DEEP) from None
         text.advance_to(end)
         return record
 
@@ -437,19 +505,41 @@ def _may_be_truncated(error: json.JSONDecodeError, num_chars_read: int) -> bool:
 # --- CSV and TSV -------------------------------------------------------------
 
 
+def _delimiter_and_lines(
+    lines: Iterator[tuple[int, str]], has_header: bool
+) -> tuple[str, Iterator[tuple[int, str]]]:
+    """The CSV delimiter `detect_delimiter` describes, and all of `lines` again
+    (the ones looked at, then the rest)."""
+    if not has_header:
+        return ",", lines
+    looked_at: list[tuple[int, str]] = []
+    for numbered_line in lines:
+        looked_at.append(numbered_line)
+        if numbered_line[1].rstrip("\r\n"):
+            break
+    # The csv reader skips empty lines, so the header is the first other one.
+    header = _QUOTED_CELL.sub("", looked_at[-1][1]) if looked_at else ""
+    delimiter = ";" if ";" in header and "," not in header else ","
+    return delimiter, itertools.chain(looked_at, lines)
+
+
 def _read_delimited(
-    path: Path | str, file: IO[bytes], file_format: str, has_header: bool
+    path: Path | str,
+    numbered_lines: Iterator[tuple[int, str]],
+    file_format: str,
+    delimiter: str,
+    has_header: bool,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    lines = (text for _, text in _decoded_lines(path, file))
+    lines = (text for _, text in numbered_lines)
     if file_format == "tsv":
         # Real TSV files hold bare quotes inside fields ("Todo por un dólar"),
         # and TSV has no quoting of its own: a tab or newline cannot be in a
         # field. Reading quotes as quoting would merge or split those fields.
-        rows = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+        rows = csv.reader(lines, delimiter=delimiter, quoting=csv.QUOTE_NONE)
     else:
         # strict: an unclosed quote is an error at the row where it opens,
         # rather than a cell that silently swallows the rest of the file.
-        rows = csv.reader(lines, strict=True)
+        rows = csv.reader(lines, delimiter=delimiter, strict=True)
     kind = file_format.upper()
 
     header: list[str] | None = None

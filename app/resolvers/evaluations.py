@@ -10,11 +10,10 @@ import strawberry
 from redis.exceptions import RedisError
 from strawberry.types import Info
 
-from app import events, ids
+from app import events, ids, validation
 from app.context import Context
 from app.errors import ApiError, BadUserInput, Conflict, NotFound
 from app.jobs import queue
-from app import validation
 from app.schema.common import After, Connection, First
 from app.schema.evaluations import Evaluation, EvaluationStatus, evaluation_page
 from app.schema.inputs import CreateEvaluationInput

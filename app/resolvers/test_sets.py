@@ -8,10 +8,9 @@ from typing import Annotated
 import strawberry
 from strawberry.types import Info
 
-from app import ids
+from app import ids, validation
 from app.context import Context
 from app.errors import BadUserInput, NotFound
-from app import validation
 from app.schema.common import After, Connection, First, build_connection, page_size
 from app.schema.inputs import CreateTestSetInput, TestCaseInput
 from app.schema.test_sets import TestSet
@@ -40,7 +39,7 @@ class TestSetQueries:
         after: After = None,
     ) -> Connection[TestSet]:
         limit = page_size(first)
-        before_id = ids.decode_cursor(after)
+        before_id = ids.decode_cursor(after, maximum=ids.MAX_ROW_ID)
 
         pool = info.context.pool
         rows = await test_set_store.list_test_sets(pool, limit + 1, before_id)

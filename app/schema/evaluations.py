@@ -223,7 +223,7 @@ async def evaluation_page(
 ) -> Connection[Evaluation]:
     """A page of evaluations, newest first, for both list fields."""
     limit = page_size(first)
-    before_id = ids.decode_cursor(after)
+    before_id = ids.decode_cursor(after, maximum=ids.MAX_ROW_ID)
 
     rows = await evaluation_store.list_evaluations(
         context.pool, limit + 1, before_id, status, test_set_id)

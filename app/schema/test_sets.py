@@ -114,7 +114,7 @@ class TestSet:
         from app.schema.evaluations import Evaluation
 
         limit = page_size(first)
-        before_id = ids.decode_cursor(after)
+        before_id = ids.decode_cursor(after, maximum=ids.MAX_ROW_ID)
         rows, total = await info.context.loaders.evaluation_page_of_test_set.load(
             (self.row_id, limit + 1, before_id))
         return build_connection(rows, limit, total, lambda r: r.id,

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from app.errors import NotFound
 from app.store.rows import (
     CategoryScoreRow,
     EvaluationRow,
@@ -48,7 +49,16 @@ class NewEvaluation:
 
 async def create_evaluation(pool: asyncpg.Pool, new: NewEvaluation) -> EvaluationRow:
     """Store an evaluation as QUEUED over the test set's cases as they are now."""
-    record = await pool.fetchrow(
+    try:
+        record = await _insert_evaluation(pool, new)
+    except asyncpg.ForeignKeyViolationError:
+        # The test set was deleted between the checks and this insert.
+        raise NotFound("input.testSetId: no test set with this id") from None
+    return from_record(EvaluationRow, record)
+
+
+async def _insert_evaluation(pool: asyncpg.Pool, new: NewEvaluation) -> Any:
+    return await pool.fetchrow(
         "INSERT INTO evaluations (test_set_id, name, model, prompt_template,"
         "   system_prompt, temperature, max_tokens, scorer_type, scorer_options,"
         "   concurrency, total_cases)"
@@ -59,7 +69,6 @@ async def create_evaluation(pool: asyncpg.Pool, new: NewEvaluation) -> Evaluatio
         new.system_prompt, new.temperature, new.max_tokens, new.scorer_type,
         new.scorer_options, new.concurrency,
     )
-    return from_record(EvaluationRow, record)
 
 
 async def evaluations_by_ids(

@@ -1,0 +1,126 @@
+"""Hostile requests get a clear client error, never a server error."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import websockets
+
+from tests.factories import CREATE_TEST_SET, arithmetic_cases, create_test_set, unique
+from tests.stack import GraphQLError
+
+
+async def post_raw(stack, body: bytes):
+    return await stack.http.post(stack.graphql_url, content=body,
+                                 headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("body", [
+    b'{"query": "{ testSets { totalCount } }", "variables": ' + b"[" * 5000
+    + b"]" * 5000 + b"}",
+    b'{"query": "{ testSets { totalCount } }\xff"}',
+    b'{"query": "{ testSets { totalCount } }", "variables": {"n": ' + b"9" * 5000
+    + b"}}",
+])
+async def test_unreadable_json_bodies_are_a_400_with_a_reason(stack, body):
+    response = await post_raw(stack, body)
+
+    assert response.status_code == 400
+    assert "JSON" in response.text
+
+
+async def test_a_body_over_the_size_limit_is_refused_before_it_is_parsed(stack):
+    too_big = stack.settings.max_request_bytes + 1
+    body = json.dumps({"query": "{ testSets { totalCount } }",
+                       "variables": {"pad": "x" * too_big}}).encode()
+
+    response = await post_raw(stack, body)
+
+    assert response.status_code == 413
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+@pytest.mark.parametrize("number", ["Infinity", "-Infinity", "1e999", "NaN"])
+async def test_numbers_json_cannot_hold_are_refused_naming_the_field(stack, number):
+    body = ('{"query": ' + json.dumps(CREATE_TEST_SET) + ', "variables": {"input":'
+            ' {"name": "' + unique("inf") + '", "testCases": [{"input": {"x": '
+            + number + '}}]}}}').encode()
+
+    response = await post_raw(stack, body)
+
+    error = response.json()["errors"][0]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "input.testCases[0].input.x" in error["message"]
+
+
+@pytest.mark.parametrize(("document", "variables", "where"), [
+    ("query($id: ID!) { testSet(id: $id) { id } }", {"id": "ts_" + "9" * 5000}, "id"),
+    ("query($a: String) { testSets(after: $a) { totalCount } }",
+     {"a": base64.urlsafe_b64encode(b"c:9223372036854775808").decode()}, "after"),
+    ("query($a: String) { evaluations(after: $a) { totalCount } }",
+     {"a": base64.urlsafe_b64encode(b"c:" + b"9" * 40).decode()}, "after"),
+])
+async def test_out_of_range_ids_and_cursors_are_bad_user_input(stack, document,
+                                                              variables, where):
+    with pytest.raises(GraphQLError) as error:
+        await stack.query(document, **variables)
+
+    assert error.value.code == "BAD_USER_INPUT"
+    assert where in error.value.message
+
+
+async def test_a_position_cursor_past_int32_is_bad_user_input(stack):
+    test_set = await create_test_set(stack, arithmetic_cases(1))
+    cursor = base64.urlsafe_b64encode(b"c:3000000000").decode()
+
+    with pytest.raises(GraphQLError) as error:
+        await stack.query("query($id: ID!, $a: String) { testSet(id: $id) {"
+                          " testCases(after: $a) { totalCount } } }",
+                          id=test_set["id"], a=cursor)
+
+    assert error.value.code == "BAD_USER_INPUT"
+
+
+def _deep_query(levels: int) -> str:
+    """testSets -> evaluations -> testSet -> evaluations -> ... `levels` deep."""
+    selection = "id"
+    for level in range(levels):
+        field = "evaluations { edges { node" if level % 2 else "testSet"
+        closing = "} } }" if level % 2 else "}"
+        selection = f"{field} {{ {selection} {closing}"
+    return f"{{ testSets {{ edges {{ node {{ {selection} }} }} }} }}"
+
+
+DEEP_QUERY = _deep_query(8)
+
+
+@pytest.mark.parametrize(("document", "reason"), [
+    (DEEP_QUERY, "depth"),
+    ("{ " + " ".join(f"a{i}: testSets {{ totalCount }}" for i in range(100)) + " }",
+     "aliases"),
+    ("{ testSets { " + "totalCount " * 6000 + "} }", "tokens"),
+])
+async def test_too_deep_too_aliased_or_too_long_queries_are_refused(stack, document,
+                                                                   reason):
+    with pytest.raises(GraphQLError) as error:
+        await stack.query(document)
+
+    assert error.value.code == "BAD_USER_INPUT"
+    assert reason in error.value.message
+
+
+async def test_a_query_over_the_subscription_only_protocol_says_so(stack):
+    async with websockets.connect(stack.ws_url, subprotocols=["graphql-ws"]) as ws:
+        await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        while json.loads(await ws.recv())["type"] != "connection_ack":
+            pass
+        await ws.send(json.dumps({"id": "1", "type": "start", "payload": {
+            "query": "{ testSets { totalCount } }"}}))
+        while (message := json.loads(await ws.recv()))["type"] == "ka":
+            pass
+
+    errors = message["payload"].get("errors") or [message["payload"]]
+    assert errors[0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "graphql-transport-ws" in errors[0]["message"]
