@@ -104,20 +104,49 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from redis.exceptions import RedisError
+
     from app.jobs.worker import build_worker
     from app.store import db
 
     if not await _schema_is_current(settings, db):
         return 1
-    worker = build_worker(settings, max_evaluations=args.max_evaluations)
-    try:
-        await worker.async_run()
-    except asyncio.CancelledError:
-        # arq stops its main task this way on SIGINT and SIGTERM.
-        log.info("worker stopped")
-    finally:
-        await worker.close()
+    # arq gives up when Redis goes away; PostgreSQL holds every run's state,
+    # so start again once Redis is back and the recovery sweep resumes runs.
+    delay_s = 1.0
+    stop_signals: list[object] = []
+    while not stop_signals:
+        worker = build_worker(settings, max_evaluations=args.max_evaluations)
+        worker.on_stop = stop_signals.append
+        try:
+            await worker.async_run()
+            return 0
+        except asyncio.CancelledError:
+            # arq stops its main task this way on SIGINT and SIGTERM.
+            log.info("worker stopped")
+            return 0
+        except (RedisError, OSError) as exc:
+            log.warning("worker lost Redis at %s (%s); starting again in %.0fs",
+                        settings.safe_redis_url, exc, delay_s)
+        finally:
+            await _close_quietly(worker)
+        await asyncio.sleep(delay_s)
+        delay_s = min(delay_s * 2, 30.0)
+    log.info("worker stopped")
     return 0
+
+
+async def _close_quietly(worker: Any) -> None:
+    from redis.exceptions import RedisError
+
+    # close() lets running evaluations finish first, then tells Redis; with
+    # Redis gone that last step fails before arq runs our shutdown hook.
+    try:
+        await worker.close()
+    except (RedisError, OSError) as exc:
+        log.debug("closing the worker without Redis: %s", exc)
+        if worker.on_shutdown is not None:
+            await worker.on_shutdown(worker.ctx)
 
 
 async def _migrate(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,31 +1,50 @@
 """The `assay import` command: create a test set from a file through the API.
 
-The import runs in two passes over the file. The first reads and checks every
-record without contacting the server, so a bad line stops the import before
-anything exists. The second reads the file again and sends it in batches:
-`createTestSet` with the first batch, `appendTestCases` with each further one.
-If a request fails part-way, the test set that was created is deleted, so a
-test set is either imported whole or not at all.
+The import runs in two passes over the file. The first reads every record and
+applies to each test case the checks the API applies, without contacting the
+server, so a bad line stops the import before anything exists. The second
+reads the file again and sends it in batches: `createTestSet` with the first
+batch, `appendTestCases` with each further one. If a request fails part-way,
+or the import is stopped by Ctrl-C or SIGTERM, the test set that was created
+is deleted, so a test set is either imported whole or not at all.
+
+Batches are cut by count (`--batch-size`), not by size, so a batch of very
+long test cases can exceed the server's limit on the size of a request
+(ASSAY_MAX_REQUEST_BYTES, 10 MiB by default); the import then fails and is
+undone as above, and a smaller `--batch-size` gets it through.
+
+Known shortcoming: an import killed outright (SIGKILL, a crash, a machine
+going down) cannot delete what it has sent. Its test set stays behind, visible
+and usable but holding only the first batches of the file, until someone
+deletes it by hand. Nothing on this side can prevent that; it stops mattering
+once the server can keep a test set as a hidden draft until the importer marks
+it complete, and drop drafts that are never completed.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import logging
+import re
+import signal
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
 
+from app import validation
+from app.errors import BadUserInput
 from app.importer.readers import (
     FORMATS,
     FieldOptions,
     ImportFileError,
+    detect_delimiter,
     guess_format,
     read_test_cases,
 )
@@ -39,6 +58,16 @@ DEFAULT_BATCH_SIZE = 500
 # batch on a busy database can take well over httpx's default of five seconds.
 _REQUEST_TIMEOUT_S = 120.0
 _CONNECT_TIMEOUT_S = 10.0
+
+# A shell reports a process that SIGTERM ended as 128 + 15; an import that
+# stops on SIGTERM after cleaning up exits with the same status.
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+# How the API names a test case of a request: by its index in the request's
+# list, then the field (`input.testCases[3].input.question: ...` in
+# createTestSet, `testCases[3]...` in appendTestCases).
+_TEST_CASE_PATH = re.compile(
+    r"(?:input\.)?testCases\[(\d+)\](?:\.|: )(.*)", re.DOTALL)
 
 _TEST_SET_FIELDS = "id name testCaseCount categories { name }"
 
@@ -63,6 +92,16 @@ mutation DeleteTestSet($id: ID!) {
 
 class ApiError(Exception):
     """A request to the Assay API failed: unreachable, or answered an error."""
+
+
+class _Refused(ApiError):
+    """The API answered a mutation with an error: its message and code."""
+
+    def __init__(self, field: str, message: str, code: str | None) -> None:
+        self.message = message
+        self.code = code
+        described = f"{message} [{code}]" if code else message
+        super().__init__(f"{field} failed: {described}")
 
 
 class _ImportAborted(Exception):
@@ -91,6 +130,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the CSV or TSV file has no header row; its columns are named "
         "column1, column2, ...")
     parser.add_argument(
+        "--delimiter", type=_delimiter, metavar="CHAR",
+        help="the character between the cells of a CSV file, \\t for a tab "
+        "(default: ';' if the header row has a ';' and no ',' outside quotes, "
+        "else ',')")
+    parser.add_argument(
         "--input-field", action="append", dest="input_fields", metavar="NAME",
         help="a field that goes into each test case's input; repeat for more "
         "(default: every field except the expected-output and category ones)")
@@ -116,9 +160,13 @@ async def run(args: argparse.Namespace) -> int:
     """
     try:
         url = api_url(args.url)
+        _check_test_set_fields(args.name, args.description)
         source = _Source.from_args(args)
+        if source.delimiter not in (None, ",") and args.delimiter is None:
+            _note(f"reading {source.path} with {source.delimiter!r} "
+                  "as the delimiter")
         num_test_cases = source.check()
-    except (ValueError, ImportFileError) as error:
+    except (ValueError, BadUserInput, ImportFileError) as error:
         return _fail(str(error))
 
     logger.info("importing %d test cases from %s to %s",
@@ -127,11 +175,13 @@ async def run(args: argparse.Namespace) -> int:
     async with _new_client() as client:
         api = _AssayApi(client, url)
         try:
-            test_set = await _send(api, source, args.name, args.description,
-                                   args.batch_size)
+            test_set = await _unless_terminated(_send(
+                api, source, args.name, args.description, args.batch_size))
         except (ApiError, _ImportAborted) as error:
             return _fail(str(error))
 
+    if test_set is None:
+        return EXIT_TERMINATED
     logger.info("imported test set %s in %.1f s",
                 test_set["id"], time.monotonic() - started_s)
     print(_success_line(test_set))
@@ -149,15 +199,24 @@ def api_url(url: str) -> str:
     return parts._replace(path=path).geturl()
 
 
+def _check_test_set_fields(name: str, description: str | None) -> None:
+    """Refuse a name or description the API would refuse, before the file is
+    read; one the request could not even encode would end in a traceback."""
+    validation.text(name, "--name", required=True,
+                    max_length=validation.MAX_NAME_LENGTH)
+    validation.text(description, "--description")
+
+
 class _Source:
     """The file to import and how to read it; each read streams it anew."""
 
     def __init__(self, path: Path, file_format: str, options: FieldOptions,
-                 has_header: bool) -> None:
+                 has_header: bool, delimiter: str | None) -> None:
         self.path = path
         self.file_format = file_format
         self.options = options
         self.has_header = has_header
+        self.delimiter = delimiter
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> _Source:
@@ -172,16 +231,24 @@ class _Source:
             category_field=args.category_field,
         )
         file_format = args.file_format or guess_format(path)
-        return cls(path, file_format, options, not args.no_header)
+        has_header = not args.no_header
+
+        # Settled once, so that both passes split the file the same way.
+        delimiter = args.delimiter
+        if delimiter is None and file_format == "csv":
+            try:
+                delimiter = detect_delimiter(path, has_header=has_header)
+            except OSError as error:
+                raise _unreadable(path, error) from None
+        return cls(path, file_format, options, has_header, delimiter)
 
     def test_cases(self) -> Iterator[dict[str, Any]]:
         try:
             yield from read_test_cases(
                 self.path, self.file_format, self.options,
-                has_header=self.has_header)
+                has_header=self.has_header, delimiter=self.delimiter)
         except OSError as error:
-            raise ImportFileError(
-                self.path, None, f"cannot read: {error.strerror or error}") from None
+            raise _unreadable(self.path, error) from None
 
     def check(self) -> int:
         """Read every record once; the number of test cases, or the first
@@ -232,7 +299,7 @@ class _AssayApi:
         body = _json_or_none(response)
         errors = body.get("errors") if isinstance(body, dict) else None
         if errors:
-            raise ApiError(f"{field} failed: {_describe_error(errors[0])}")
+            raise _Refused(field, *_message_and_code(errors[0]))
         data = body.get("data") if isinstance(body, dict) else None
         if (response.status_code != 200 or not isinstance(data, dict)
                 or data.get(field) is None):
@@ -242,25 +309,77 @@ class _AssayApi:
         return data[field]
 
 
+async def _unless_terminated(
+    sending: Coroutine[Any, Any, dict[str, Any]],
+) -> dict[str, Any] | None:
+    """Await `sending` in a task of its own that SIGTERM cancels, as Ctrl-C
+    cancels the command's task, so that it cleans up the same way; None if
+    SIGTERM stopped it."""
+    task = asyncio.ensure_future(sending)
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        # A second SIGTERM must not cut the clean-up short; SIGKILL stops the
+        # process at once for whoever cannot wait.
+        if not terminated:
+            terminated = True
+            task.cancel()
+
+    loop = asyncio.get_running_loop()
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    try:
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+    except (NotImplementedError, RuntimeError, ValueError):
+        # No signal handling here (Windows, or a thread other than the main
+        # one): SIGTERM keeps its default of ending the process at once.
+        return await task
+
+    try:
+        return await task
+    except asyncio.CancelledError:
+        this_task = asyncio.current_task()
+        if not terminated or (this_task is not None and this_task.cancelling()):
+            raise
+        return None
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
 async def _send(api: _AssayApi, source: _Source, name: str,
                 description: str | None, batch_size: int) -> dict[str, Any]:
     """Create the test set from the file's first batch and append the rest;
-    on any failure, delete what was created."""
+    on any failure or interruption, delete what was created."""
     test_set: dict[str, Any] | None = None
+    creating: asyncio.Future[dict[str, Any]] | None = None
     try:
         for batch in _batches(source.test_cases(), batch_size):
-            if test_set is None:
-                test_set = await api.create_test_set(name, description, batch)
-            else:
-                test_set = await api.append_test_cases(test_set["id"], batch)
+            lines = [case["metadata"]["source_line"] for case in batch]
+            try:
+                if test_set is None:
+                    # Shielded: if the import is interrupted while the server
+                    # stores the test set, the request still gets its answer,
+                    # which says what to delete.
+                    creating = asyncio.ensure_future(
+                        api.create_test_set(name, description, batch))
+                    test_set = await asyncio.shield(creating)
+                else:
+                    test_set = await api.append_test_cases(test_set["id"], batch)
+            except _Refused as error:
+                raise _at_source_line(error, source.path, lines) from None
             logger.info("test set %s has %d test cases",
                         test_set["id"], test_set["testCaseCount"])
     except (ApiError, ImportFileError) as error:
         undone = await _discard(api, test_set)
         raise _ImportAborted(f"{error}{undone}") from error
     except BaseException:
-        # Interrupted (Ctrl-C cancels the running task) or a bug: still leave
-        # no half-imported test set behind, then let the exception go on.
+        # Interrupted (Ctrl-C or SIGTERM cancels the running task) or a bug:
+        # still leave no half-imported test set behind, then let the exception
+        # go on.
+        if test_set is None and creating is not None:
+            test_set = await _created(creating)
         logger.warning("import interrupted%s", await _discard(api, test_set))
         raise
 
@@ -268,6 +387,28 @@ async def _send(api: _AssayApi, source: _Source, name: str,
         # The file was checked to have test cases; it changed since.
         raise _ImportAborted(f"{source.path}: the file has no test cases")
     return test_set
+
+
+def _at_source_line(error: _Refused, path: Path, lines: list[int]) -> Exception:
+    """The API names a refused test case by its index in the batch, which means
+    nothing to the user; name the line of the file it came from instead.
+    `lines` holds the source line of each test case of the batch."""
+    match = _TEST_CASE_PATH.fullmatch(error.message)
+    if match is None or int(match[1]) >= len(lines):
+        return error
+    return ImportFileError(path, lines[int(match[1])],
+                           f"{match[2]} (the server refused this test case)")
+
+
+async def _created(
+    creating: asyncio.Future[dict[str, Any]],
+) -> dict[str, Any] | None:
+    """The test set an interrupted `createTestSet` stored, once the server has
+    answered; None if it stored none."""
+    try:
+        return await creating
+    except ApiError:
+        return None
 
 
 async def _discard(api: _AssayApi, test_set: dict[str, Any] | None) -> str:
@@ -303,13 +444,13 @@ def _json_or_none(response: httpx2.Response) -> Any:
         return None
 
 
-def _describe_error(error: Any) -> str:
+def _message_and_code(error: Any) -> tuple[str, str | None]:
     if not isinstance(error, dict):
-        return str(error)
+        return str(error), None
     message = str(error.get("message") or "no message")
     extensions = error.get("extensions")
     code = extensions.get("code") if isinstance(extensions, dict) else None
-    return f"{message} [{code}]" if code else message
+    return message, str(code) if code else None
 
 
 def _success_line(test_set: dict[str, Any]) -> str:
@@ -332,6 +473,23 @@ def _positive_int(text: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
     return number
+
+
+def _delimiter(text: str) -> str:
+    delimiter = "\t" if text == "\\t" else text
+    if len(delimiter) != 1 or delimiter in '"\r\n':
+        raise argparse.ArgumentTypeError(
+            f"must be one character other than a quote or a line break, "
+            f"not {text!r}")
+    return delimiter
+
+
+def _unreadable(path: Path, error: OSError) -> ImportFileError:
+    return ImportFileError(path, None, f"cannot read: {error.strerror or error}")
+
+
+def _note(message: str) -> None:
+    print(f"assay import: {message}", file=sys.stderr)
 
 
 def _fail(message: str) -> int:

@@ -2,10 +2,10 @@
 
 A file is read as a stream of `(line_number, record)` pairs, where a record is a
 dict of field name to value, and then each record is mapped to a test case in
-the shape of the API's `TestCaseInput`. Each test case is checked with the
-same functions the API applies to it (app/validation.py). Nothing here talks to
-the server, so the importer can check a whole file before it creates anything,
-and a file that passes is one the API will accept.
+the shape of the API's `TestCaseInput` and checked with the functions the API
+applies to each test case (app/validation.py). Nothing here talks to the
+server, so the importer can check a whole file before it creates anything, and
+a test case that passes here is one the API accepts.
 
 Every problem is raised as an `ImportFileError` naming the file and the line
 where the bad record starts, because a user fixing a file of thousands of

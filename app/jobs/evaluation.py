@@ -25,6 +25,7 @@ from app import events
 from app.llm.client import CallOptions, ModelClient, ModelError
 from app.scoring import Scorer, ScorerOptionsError, ScoringError, build_scorer
 from app.store import evaluations as evaluation_store
+from app.store import run_locks
 from app.store.rows import EvaluationRow, NewResult, TestCaseRow
 from app.templates import PromptTemplate, TemplateError, compile_template
 
@@ -43,10 +44,28 @@ class JobContext:
     redis: aioredis.Redis
     redis_prefix: str
     model_client: ModelClient
+    database_url: str
 
 
 async def run_evaluation(job: JobContext, evaluation_id: int, attempt: int) -> str:
-    """Run an evaluation to its end; returns the status it ended in."""
+    """Run an evaluation to its end; returns the status it ended in.
+
+    Only one worker at a time runs an evaluation: a job for one that another
+    worker is running (queued twice after a Redis restart, say) ends at once
+    instead of calling the model for the same cases again.
+    """
+    # The recovery sweep holds the lock for a moment while it looks; waiting
+    # a little keeps a job that starts just then from giving up.
+    async with run_locks.run_lock(job.database_url, evaluation_id,
+                                  wait_s=2.0) as held:
+        if not held:
+            log.info("evaluation %s is being run by another worker", evaluation_id)
+            return "RUNNING_ELSEWHERE"
+        return await _run_while_locked(job, evaluation_id, attempt)
+
+
+async def _run_while_locked(job: JobContext, evaluation_id: int,
+                            attempt: int) -> str:
     evaluation = await evaluation_store.get_evaluation(job.pool, evaluation_id)
     if evaluation is None:
         log.warning("evaluation %s no longer exists; nothing to run", evaluation_id)

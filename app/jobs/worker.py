@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import logging
 from typing import Any
@@ -11,12 +13,11 @@ from arq import Worker
 from arq.connections import RedisSettings
 from arq.worker import func
 
-from app.jobs import queue
+from app.jobs import queue, recovery
 from app.jobs.evaluation import JobContext, run_evaluation
 from app.llm.client import ModelClient
 from app.settings import Settings
 from app.store import db
-from app.store import evaluations as evaluation_store
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,21 @@ def build_worker(settings: Settings, *, max_evaluations: int = 4,
         model_client = ModelClient.from_settings(settings, settings.model_base_url)
         ctx["job"] = JobContext(
             pool=pool, redis=aioredis.from_url(settings.redis_url),
-            redis_prefix=settings.redis_prefix, model_client=model_client)
+            redis_prefix=settings.redis_prefix, model_client=model_client,
+            database_url=settings.database_url)
+        ctx["sweeper"] = asyncio.create_task(recovery.sweep_forever(
+            pool, ctx["redis"], settings.database_url, settings.redis_prefix,
+            settings.recovery_interval_s), name="recovery-sweep")
         log.info("worker ready: queue %s, model endpoint %s, database %s",
                  queue.queue_name(settings.redis_prefix), model_client.base_url,
                  settings.safe_database_url)
-        await _requeue_unfinished(ctx["redis"], settings, pool)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        sweeper: asyncio.Task[None] | None = ctx.get("sweeper")
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         job: JobContext | None = ctx.get("job")
         if job is None:
             return
@@ -64,16 +73,7 @@ def build_worker(settings: Settings, *, max_evaluations: int = 4,
         handle_signals=handle_signals,
         burst=burst,
         allow_abort_jobs=True,
+        # arq counts every hand-back on SIGTERM as a try; a run resumes where
+        # it stopped, so rolling restarts must not use up its tries.
+        max_tries=1000,
     )
-
-
-async def _requeue_unfinished(arq_redis: Any, settings: Settings, pool: Any) -> None:
-    """Queue again every unfinished evaluation whose job Redis no longer has
-    (Redis restarted and lost its queue). The job id is per attempt, so an
-    evaluation whose job is still queued or running is left alone."""
-    unfinished = await evaluation_store.unfinished_evaluations(pool)
-    for evaluation_id, attempt in unfinished:
-        if await queue.enqueue_evaluation(arq_redis, settings.redis_prefix,
-                                          evaluation_id, attempt):
-            log.warning("evaluation %s had no job on the queue; queued it again",
-                        evaluation_id)

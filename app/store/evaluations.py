@@ -92,12 +92,28 @@ async def evaluation_status(pool: asyncpg.Pool, evaluation_id: int) -> str | Non
         "SELECT status FROM evaluations WHERE id = $1", evaluation_id)
 
 
-async def unfinished_evaluations(pool: asyncpg.Pool) -> list[tuple[int, int]]:
-    """(id, attempt) of every evaluation still QUEUED or IN_PROGRESS."""
+async def unfinished_evaluations(
+    pool: asyncpg.Pool, older_than_s: float = 0.0
+) -> list[tuple[int, int]]:
+    """(id, attempt) of every evaluation still QUEUED or IN_PROGRESS that was
+    created at least `older_than_s` ago."""
     records = await pool.fetch(
         "SELECT id, attempt FROM evaluations"
-        " WHERE status IN ('QUEUED', 'IN_PROGRESS') ORDER BY id")
+        " WHERE status IN ('QUEUED', 'IN_PROGRESS')"
+        "   AND created_at < now() - make_interval(secs => $1) ORDER BY id",
+        older_than_s)
     return [(r["id"], r["attempt"]) for r in records]
+
+
+async def next_attempt(pool: asyncpg.Pool, evaluation_id: int,
+                       attempt: int) -> int | None:
+    """Start a new attempt of an unfinished evaluation; None if it finished or
+    its attempt is no longer `attempt` (someone else started one)."""
+    return await pool.fetchval(
+        "UPDATE evaluations SET attempt = attempt + 1"
+        " WHERE id = $1 AND attempt = $2 AND status IN ('QUEUED', 'IN_PROGRESS')"
+        " RETURNING attempt",
+        evaluation_id, attempt)
 
 
 async def list_evaluations(

@@ -11,7 +11,9 @@ import argparse
 import asyncio
 import json
 import re
+import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,8 @@ from starlette.routing import Route
 
 from app.importer.command import add_arguments, api_url, run
 
-DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+REPO = Path(__file__).resolve().parents[2]
+DATASETS = REPO.parent / "shared" / "datasets"
 
 _MUTATION_FIELD = re.compile(r"\b(createTestSet|appendTestCases|deleteTestSet)\s*\(")
 
@@ -39,6 +42,7 @@ class FakeAssayApi:
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.test_sets: dict[str, dict[str, Any]] = {}
         self.failing_call: tuple[str, int] | None = None
+        self.failing_message = "test case 2 has an empty input"
         self.hanging_call: tuple[str, int] | None = None
         self.hung = asyncio.Event()
         self.release = asyncio.Event()
@@ -58,7 +62,7 @@ class FakeAssayApi:
             self.hung.set()
             await self.release.wait()
         if call == self.failing_call:
-            return _graphql_error("test case 2 has an empty input", "BAD_USER_INPUT")
+            return _graphql_error(self.failing_message, "BAD_USER_INPUT")
         if field == "createTestSet":
             test_set_id = f"ts_{len(self.test_sets) + 1}"
             self.test_sets[test_set_id] = {"name": variables["input"]["name"],
@@ -192,6 +196,65 @@ async def test_a_bad_file_sends_nothing_and_names_the_bad_line(
     assert err.startswith(f"assay import: {path}:701: invalid JSON")
 
 
+@pytest.mark.parametrize(("line_701", "message"), [
+    ('{"question": "\\u0000", "answer": 1}',
+     "input.question: contains a NUL character, which cannot be stored"),
+    (json.dumps({"question": "q", "answer": "7" * 100_001}),
+     "expectedOutput: is 100001 characters long; at most 100000 allowed"),
+    ('{"question": %s}' % ("[" * 40 + "]" * 40),
+     "input.question" + "[0]" * 32 + ": is nested deeper than 32 levels"),
+    (json.dumps({"question": "q", "category": "c" * 201}),
+     "category: is 201 characters long; at most 200 allowed"),
+    ('{"question": "q", "answer": 1, "category": "odd", "weight": Infinity}',
+     "input.weight: inf is not a JSON number (too large, infinite or NaN)"),
+    ('{"question": NaN}',
+     "input.question: nan is not a JSON number (too large, infinite or NaN)"),
+])
+async def test_a_test_case_the_api_would_refuse_sends_nothing_and_names_its_line(
+        tmp_path, fake_api, capsys, line_701, message):
+    path = write_cases(tmp_path, 700)
+    with path.open("a", encoding="utf-8") as file:
+        file.write(line_701 + "\n")
+
+    exit_code = await run(parse(str(path), "--name", "Checked", "--url",
+                                fake_api.url))
+
+    assert exit_code == 1
+    assert fake_api.requests == []
+    assert capsys.readouterr().err == f"assay import: {path}:701: {message}\n"
+
+
+async def test_a_lone_surrogate_is_reported_as_a_bad_line_not_a_traceback(
+        tmp_path, fake_api, capsys):
+    path = tmp_path / "surrogate.jsonl"
+    path.write_text('{"question":"\\ud800","answer":"1"}\n', encoding="utf-8")
+
+    exit_code = await run(parse(str(path), "--name", "X", "--url", fake_api.url))
+
+    assert exit_code == 1
+    assert fake_api.requests == []
+    assert capsys.readouterr().err == (
+        f"assay import: {path}:1: input.question: contains a lone surrogate, "
+        "which is not valid Unicode\n")
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("n" * 201, "--name: is 201 characters long; at most 200 allowed"),
+    ("  ", "--name: must not be empty"),
+    # What a name given as bytes that are not UTF-8 turns into in sys.argv.
+    ("caf\udce9", "--name: contains a lone surrogate, which is not valid Unicode"),
+])
+async def test_a_name_the_api_would_refuse_sends_nothing(
+        tmp_path, fake_api, capsys, name, message):
+    path = write_cases(tmp_path, 2)
+
+    exit_code = await run(parse(str(path), "--name", name, "--url", fake_api.url))
+
+    assert exit_code == 1
+    assert fake_api.requests == []
+    assert capsys.readouterr().err == f"assay import: {message}\n"
+
+
 async def test_a_missing_named_field_sends_nothing(tmp_path, fake_api, capsys):
     path = write_cases(tmp_path, 3)
 
@@ -224,6 +287,54 @@ async def test_a_failing_append_deletes_the_test_set_and_exits_non_zero(
         "[BAD_USER_INPUT]; the partly imported test set ts_1 was deleted\n")
 
 
+async def test_a_test_case_the_server_refuses_is_named_by_its_line_in_the_file(
+        tmp_path, fake_api, capsys):
+    path = write_cases(tmp_path, 5)
+    path.write_text("\n" + path.read_text(encoding="utf-8"), encoding="utf-8")
+    fake_api.failing_call = ("appendTestCases", 1)
+    fake_api.failing_message = (
+        "testCases[1].input.question: contains a NUL character, which cannot be "
+        "stored")
+
+    exit_code = await run(parse(str(path), "--name", "Arithmetic", "--url",
+                                fake_api.url, "--batch-size", "2"))
+
+    assert exit_code == 1
+    assert fake_api.test_sets == {}
+    # The second batch holds the file's third and fourth cases, on lines 4
+    # and 5 behind the blank first line.
+    assert capsys.readouterr().err == (
+        f"assay import: {path}:5: input.question: contains a NUL character, "
+        "which cannot be stored (the server refused this test case); the partly "
+        "imported test set ts_1 was deleted\n")
+
+
+@pytest.mark.parametrize(("message", "reported"), [
+    ("input.testCases[2].expectedOutput: is too long",
+     "{path}:3: expectedOutput: is too long (the server refused this test case)"),
+    ("input.testCases[2]: must be an object",
+     "{path}:3: must be an object (the server refused this test case)"),
+    ("input.testCases[9].input: out of the batch",
+     "createTestSet failed: input.testCases[9].input: out of the batch "
+     "[BAD_USER_INPUT]"),
+    ("input.name: is taken",
+     "createTestSet failed: input.name: is taken [BAD_USER_INPUT]"),
+])
+async def test_a_refused_create_names_the_line_only_of_a_case_in_its_batch(
+        tmp_path, fake_api, capsys, message, reported):
+    path = write_cases(tmp_path, 5)
+    fake_api.failing_call = ("createTestSet", 1)
+    fake_api.failing_message = message
+
+    exit_code = await run(parse(str(path), "--name", "Arithmetic", "--url",
+                                fake_api.url, "--batch-size", "3"))
+
+    assert exit_code == 1
+    assert fake_api.fields_called == ["createTestSet"]
+    assert capsys.readouterr().err == (
+        f"assay import: {reported.format(path=path)}\n")
+
+
 async def test_an_interrupted_import_deletes_the_test_set(tmp_path, fake_api):
     path = write_cases(tmp_path, 5)
     fake_api.hanging_call = ("appendTestCases", 1)
@@ -239,6 +350,48 @@ async def test_an_interrupted_import_deletes_the_test_set(tmp_path, fake_api):
     assert fake_api.fields_called == [
         "createTestSet", "appendTestCases", "deleteTestSet"]
     assert fake_api.test_sets == {}
+
+
+async def test_an_import_interrupted_while_creating_deletes_what_the_server_stored(
+        tmp_path, fake_api):
+    path = write_cases(tmp_path, 5)
+    fake_api.hanging_call = ("createTestSet", 1)
+    importing = asyncio.create_task(run(parse(
+        str(path), "--name", "Arithmetic", "--url", fake_api.url,
+        "--batch-size", "2")))
+    await asyncio.wait_for(fake_api.hung.wait(), timeout=10)
+
+    importing.cancel()
+    fake_api.release.set()  # the server stores the test set after all
+    with pytest.raises(asyncio.CancelledError):
+        await importing
+
+    assert fake_api.fields_called == ["createTestSet", "deleteTestSet"]
+    assert fake_api.test_sets == {}
+
+
+async def test_sigterm_deletes_the_test_set_and_exits_143(tmp_path, fake_api):
+    path = write_cases(tmp_path, 5)
+    fake_api.hanging_call = ("appendTestCases", 1)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app.cli", "import", str(path), "--name",
+        "Arithmetic", "--url", fake_api.url, "--batch-size", "2",
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await asyncio.wait_for(fake_api.hung.wait(), timeout=60)
+        process.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.communicate()
+
+    assert process.returncode == 143
+    assert fake_api.fields_called == [
+        "createTestSet", "appendTestCases", "deleteTestSet"]
+    assert fake_api.test_sets == {}
+    assert out == b""
+    assert b"the partly imported test set ts_1 was deleted" in err
 
 
 async def test_a_failing_create_has_nothing_to_delete(tmp_path, fake_api, capsys):
@@ -282,6 +435,61 @@ async def test_an_unknown_extension_without_format_sends_nothing(
 
     assert await run(parse(str(path), "--name", "X", "--url", fake_api.url,
                            "--format", "jsonl")) == 0
+
+
+async def test_a_csv_with_semicolons_is_split_at_them_and_says_so(
+        tmp_path, fake_api, capsys):
+    path = tmp_path / "cases.csv"
+    path.write_text("question;answer\n1,5 + 1?;2,5\n", encoding="utf-8")
+
+    exit_code = await run(parse(str(path), "--name", "Decimals", "--url",
+                                fake_api.url))
+
+    assert exit_code == 0
+    assert fake_api.test_sets["ts_1"]["cases"][0]["input"] == {"question": "1,5 + 1?"}
+    assert fake_api.test_sets["ts_1"]["cases"][0]["expectedOutput"] == "2,5"
+    assert capsys.readouterr().err == (
+        f"assay import: reading {path} with ';' as the delimiter\n")
+
+
+@pytest.mark.parametrize(("delimiter", "content"), [
+    ("|", "question;note|answer\na;b|1\n"),
+    (",", "question;note,answer\na;b,1\n"),
+    ("\\t", "question;note\tanswer\na;b\t1\n"),
+])
+async def test_a_given_delimiter_overrides_the_one_the_header_suggests(
+        tmp_path, fake_api, capsys, delimiter, content):
+    path = tmp_path / "cases.csv"
+    path.write_text(content, encoding="utf-8")
+
+    exit_code = await run(parse(str(path), "--name", "Piped", "--url",
+                                fake_api.url, "--delimiter", delimiter))
+
+    assert exit_code == 0
+    assert fake_api.test_sets["ts_1"]["cases"][0]["input"] == {"question;note": "a;b"}
+    assert capsys.readouterr().err == ""
+
+
+async def test_a_delimiter_for_a_file_that_is_not_csv_sends_nothing(
+        tmp_path, fake_api, capsys):
+    path = write_cases(tmp_path, 2)
+
+    exit_code = await run(parse(str(path), "--name", "X", "--url", fake_api.url,
+                                "--delimiter", ";"))
+
+    assert exit_code == 1
+    assert fake_api.requests == []
+    assert "only for a CSV file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("delimiter", ["", ";;", '"', "\n"])
+def test_delimiter_must_be_one_character_other_than_quote_or_newline(
+        delimiter, capsys):
+    with pytest.raises(SystemExit) as caught:
+        parse("cases.csv", "--name", "X", "--delimiter", delimiter)
+
+    assert caught.value.code == 2
+    assert "--delimiter" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not DATASETS.is_dir(),

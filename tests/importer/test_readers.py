@@ -301,6 +301,54 @@ def test_csv_without_header_names_columns_by_position(tmp_path):
         (2, {"column1": "One?", "column2": "1"})]
 
 
+def test_csv_whose_header_is_split_by_semicolons_is_read_with_semicolons(tmp_path):
+    path = write(tmp_path, "cases.csv",
+                 "\n\"Question; in full\";answer\nTwo plus two?;4\n\"1,5 + 1\";2,5\n")
+
+    assert records(path, "csv") == [
+        (3, {"Question; in full": "Two plus two?", "answer": "4"}),
+        (4, {"Question; in full": "1,5 + 1", "answer": "2,5"})]
+
+
+@pytest.mark.parametrize(("header", "delimiter"), [
+    ("question;answer", ";"),
+    ('"question, in full";answer', ";"),
+    ("question,answer", ","),
+    ('"question; in full",answer', ","),
+    ("question;note,answer", ","),
+    ("question", ","),
+])
+def test_the_csv_delimiter_is_semicolon_only_if_the_header_has_no_comma(
+        tmp_path, header, delimiter):
+    path = write(tmp_path, "cases.csv", f"{header}\nx\n")
+
+    assert readers.detect_delimiter(path) == delimiter
+
+
+def test_csv_without_header_is_read_with_commas_whatever_its_first_row(tmp_path):
+    path = write(tmp_path, "cases.csv", "Why; and how?\nx,y\n")
+
+    assert readers.detect_delimiter(path, has_header=False) == ","
+    with pytest.raises(ImportFileError) as caught:
+        records(path, "csv", has_header=False)
+    assert caught.value.line == 2  # two cells, where the first row has one
+
+
+def test_a_given_csv_delimiter_is_used_whatever_the_header(tmp_path):
+    path = write(tmp_path, "cases.csv", "question;note|answer\na;b|1\n")
+
+    assert records(path, "csv", delimiter="|") == [
+        (2, {"question;note": "a;b", "answer": "1"})]
+
+
+def test_a_delimiter_is_refused_for_formats_other_than_csv(tmp_path):
+    path = write(tmp_path, "cases.tsv", "q\ta\n1\t2\n")
+
+    error = error_of(path, "tsv", delimiter=";")
+
+    assert "CSV" in error.message
+
+
 # --- TSV ---------------------------------------------------------------------
 
 
@@ -464,6 +512,96 @@ def test_a_record_with_nothing_but_expected_and_category_is_an_error(tmp_path):
 
     assert caught.value.line == 2
     assert "no input fields" in caught.value.message
+
+
+# --- the API's checks on each test case --------------------------------------
+
+
+def first_error(tmp_path: Path, lines: list[str], **options) -> ImportFileError:
+    path = write(tmp_path, "cases.jsonl", "".join(line + "\n" for line in lines))
+    with pytest.raises(ImportFileError) as caught:
+        list(read_test_cases(path, "jsonl", FieldOptions(**options)))
+    return caught.value
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ('{"question": "a\\u0000b"}',
+     "input.question: contains a NUL character, which cannot be stored"),
+    ('{"question": "\\ud800", "answer": "1"}',
+     "input.question: contains a lone surrogate, which is not valid Unicode"),
+    ('{"question": {"\\udfff": 1}}',
+     "input.question (a key): contains a lone surrogate, which is not valid Unicode"),
+    ('{"question": "q", "answer": "\\u0000"}',
+     "expectedOutput: contains a NUL character, which cannot be stored"),
+    ('{"question": "q", "category": "\\ud800"}',
+     "category: contains a lone surrogate, which is not valid Unicode"),
+    ('{"question": NaN}',
+     "input.question: nan is not a JSON number (too large, infinite or NaN)"),
+    ('{"question": [1, -Infinity]}',
+     "input.question[1]: -inf is not a JSON number (too large, infinite or NaN)"),
+    ('{"question": 1e400}',
+     "input.question: inf is not a JSON number (too large, infinite or NaN)"),
+    (f'{{"question": {nested(32)}}}',
+     "input.question" + "[0]" * 32 + ": is nested deeper than 32 levels"),
+])
+def test_a_test_case_the_api_would_refuse_is_refused_with_its_line_and_field(
+        tmp_path, record, message):
+    first = '{"question": "fine", "answer": "1", "category": "c"}'
+
+    error = first_error(tmp_path, [first, record])
+
+    assert (error.line, error.message) == (2, message)
+
+
+def test_expected_output_and_category_are_held_to_the_api_length_limits(tmp_path):
+    at_limits = json.dumps({"q": "x", "answer": "a" * 100_000,
+                            "category": "c" * 200})
+    long_answer = json.dumps({"q": "x", "answer": "a" * 100_001})
+    long_category = json.dumps({"q": "x", "category": "c" * 201})
+
+    answer_error = first_error(tmp_path, [at_limits, long_answer])
+    category_error = first_error(tmp_path, [at_limits, at_limits, long_category])
+
+    assert (answer_error.line, answer_error.message) == (
+        2, "expectedOutput: is 100001 characters long; at most 100000 allowed")
+    assert (category_error.line, category_error.message) == (
+        3, "category: is 201 characters long; at most 200 allowed")
+
+
+def test_input_nested_as_deep_as_the_api_allows_is_accepted(tmp_path):
+    path = write(tmp_path, "cases.jsonl", f'{{"question": {nested(31)}}}\n')
+
+    [case] = read_test_cases(path, "jsonl", FieldOptions())
+
+    assert case["input"] == {"question": json.loads(nested(31))}
+
+
+@pytest.mark.parametrize(("name", "content", "file_format"), [
+    ("cases.jsonl", '{"q": 1}\n{"q": %s}\n', "jsonl"),
+    ("cases.json", '[{"q": 1},\n{"q": %s}]', "json"),
+])
+def test_json_nested_past_what_python_can_parse_is_a_bad_line(
+        tmp_path, name, content, file_format):
+    path = write(tmp_path, name, content % nested(100_000))
+
+    error = error_of(path, file_format)
+
+    assert (error.line, error.message) == (
+        2, "the record is nested deeper than 32 levels, the most the API accepts")
+
+
+def test_a_csv_cell_with_a_nul_character_is_refused_with_its_line(tmp_path):
+    path = write(tmp_path, "cases.csv", "question,answer\nfine,1\nbad\x00,2\n")
+
+    with pytest.raises(ImportFileError) as caught:
+        list(read_test_cases(path, "csv", FieldOptions()))
+
+    assert str(caught.value) == (
+        f"{path}:3: input.question: contains a NUL character, which cannot be stored")
 
 
 # --- the public datasets -----------------------------------------------------

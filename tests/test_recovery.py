@@ -1,0 +1,185 @@
+"""Workers that die or restart mid-run: nothing lost, nothing doubled.
+
+The workers here are real `assay worker` processes, killed with real signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app.jobs.evaluation import JobContext, run_evaluation
+from app.llm.client import ModelClient
+from app.llm.simulator import SimulatorConfig
+from tests.factories import arithmetic_cases, create_evaluation, create_test_set
+from tests.stack import free_port, running_stack, simulator
+from tests.test_progress import assert_contiguous, subscribe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_worker(settings, model_url: str) -> subprocess.Popen:
+    env = {**os.environ, "DATABASE_URL": settings.database_url,
+           "REDIS_URL": settings.redis_url,
+           "ASSAY_REDIS_PREFIX": settings.redis_prefix,
+           "OPENAI_BASE_URL": model_url, "ASSAY_RECOVERY_INTERVAL_S": "1"}
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+async def wait_for_progress(stack, evaluation_id: str, at_least: int) -> None:
+    for _ in range(600):
+        data = await stack.query("query($id: ID!) { evaluation(id: $id) {"
+                                 " completedCases } }", id=evaluation_id)
+        if data["evaluation"]["completedCases"] >= at_least:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"evaluation {evaluation_id} made no progress")
+
+
+async def stored_results(pool, evaluation_id: str) -> tuple[int, int]:
+    row = await pool.fetchrow(
+        "SELECT count(*) AS n, count(DISTINCT test_case_id) AS cases"
+        " FROM evaluation_results WHERE evaluation_id = $1",
+        int(evaluation_id.removeprefix("ev_")))
+    return row["n"], row["cases"]
+
+
+@pytest.fixture
+async def slow_model(database_url):
+    config = SimulatorConfig(accuracy=0.8, latency_ms=60, seed=11)
+    async with simulator(database_url, config) as url:
+        yield url
+
+
+async def test_a_worker_killed_mid_run_is_replaced_and_the_run_ends_exact(
+        settings, pool, slow_model):
+    own = settings.replace(redis_prefix=settings.redis_prefix + "-kill")
+    async with running_stack(own, with_worker=False) as stack:
+        test_set = await create_test_set(stack, arithmetic_cases(80))
+        created = await create_evaluation(stack, test_set["id"], concurrency=2)
+        first = start_worker(own, slow_model)
+        try:
+            await wait_for_progress(stack, created["id"], 10)
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+            second = start_worker(own, slow_model)
+            try:
+                evaluation = await stack.wait_for_status(created["id"], "COMPLETED",
+                                                         timeout_s=120)
+            finally:
+                second.terminate()
+                second.wait(timeout=30)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        events, _ = await subscribe(stack, "graphql-transport-ws", created["id"],
+                                    after=0)
+
+    assert evaluation["completedCases"] == 80
+    assert await stored_results(pool, created["id"]) == (80, 80)
+    assert_contiguous(events, 1)
+    assert sum(e["kind"] == "RESULT_ADDED" for e in events) == 80
+
+
+async def test_many_graceful_restarts_do_not_use_up_a_run(settings, pool,
+                                                          slow_model):
+    own = settings.replace(redis_prefix=settings.redis_prefix + "-restarts")
+    async with running_stack(own, with_worker=False) as stack:
+        test_set = await create_test_set(stack, arithmetic_cases(120))
+        created = await create_evaluation(stack, test_set["id"], concurrency=2)
+        for restart in range(7):
+            worker = start_worker(own, slow_model)
+            await wait_for_progress(stack, created["id"], 5 * (restart + 1))
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=30) == 0
+        last = start_worker(own, slow_model)
+        try:
+            evaluation = await stack.wait_for_status(created["id"], "COMPLETED",
+                                                     timeout_s=120)
+        finally:
+            last.terminate()
+            last.wait(timeout=30)
+
+    assert evaluation["completedCases"] == 120
+    assert await stored_results(pool, created["id"]) == (120, 120)
+
+
+async def test_a_second_job_for_a_running_evaluation_leaves_it_alone(
+        settings, pool, slow_model):
+    import redis.asyncio as aioredis
+
+    own = settings.replace(redis_prefix=settings.redis_prefix + "-twice")
+    async with running_stack(own, with_worker=False) as stack:
+        # Long enough to outlast the two seconds a job waits for the lock.
+        test_set = await create_test_set(stack, arithmetic_cases(150))
+        created = await create_evaluation(stack, test_set["id"], concurrency=2)
+        evaluation_id = int(created["id"].removeprefix("ev_"))
+        redis = aioredis.from_url(own.redis_url)
+        client = ModelClient(slow_model, None, timeout_s=10, max_retries=0)
+        job = JobContext(pool=pool, redis=redis, redis_prefix=own.redis_prefix,
+                         model_client=client, database_url=own.database_url)
+        try:
+            first = asyncio.create_task(run_evaluation(job, evaluation_id, 1))
+            await wait_for_progress(stack, created["id"], 2)
+            second = await run_evaluation(job, evaluation_id, 1)
+            outcome = await first
+        finally:
+            await client.close()
+            await redis.aclose()
+
+    assert second == "RUNNING_ELSEWHERE"
+    assert outcome == "COMPLETED"
+    assert await stored_results(pool, created["id"]) == (150, 150)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None,
+                    reason="redis-server is not installed")
+async def test_a_redis_restart_mid_run_loses_and_doubles_nothing(settings, pool,
+                                                                 slow_model):
+    port = free_port()
+    own = settings.replace(redis_prefix=settings.redis_prefix + "-redis",
+                           redis_url=f"redis://127.0.0.1:{port}/0")
+    redis = start_redis(port)
+    async with running_stack(own, with_worker=False) as stack:
+        test_set = await create_test_set(stack, arithmetic_cases(100))
+        created = await create_evaluation(stack, test_set["id"], concurrency=2)
+        worker = start_worker(own, slow_model)
+        try:
+            await wait_for_progress(stack, created["id"], 10)
+            redis.terminate()
+            redis.wait(timeout=10)
+            await asyncio.sleep(1.0)
+            redis = start_redis(port)
+            evaluation = await stack.wait_for_status(created["id"], "COMPLETED",
+                                                     timeout_s=120)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+            redis.terminate()
+            redis.wait(timeout=10)
+
+    assert evaluation["completedCases"] == 100
+    assert await stored_results(pool, created["id"]) == (100, 100)
+
+
+def start_redis(port: int) -> subprocess.Popen:
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    for _ in range(200):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return redis
+        time.sleep(0.02)
+    raise AssertionError(f"redis-server did not start on port {port}")
