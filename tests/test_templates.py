@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import tracemalloc
+
 import pytest
+from markupsafe import Markup
 
 from app.templates import (
     MAX_PROMPT_CHARS,
@@ -245,3 +249,188 @@ def test_endless_recursion_in_a_macro_is_reported():
 
     with pytest.raises(TemplateError, match="RecursionError"):
         template.render({})
+
+
+# A million-character string, and a list holding it 400 times. The list is
+# small in memory, but printing or joining it makes 400 million characters.
+_BIG = "{% set b = 'b' * 1000000 %}"
+_SHARED = "[" + "b, " * 400 + "]"
+_SHARED_TUPLE = "(" + "b, " * 400 + ")"
+_SHARED_ROWS = "[" + "{'t': b}, " * 400 + "]"
+_MAX_PEAK_BYTES = 50_000_000
+
+
+def _render_measuring_peak(source: str, variables: dict) -> tuple[str, int]:
+    """The TemplateError rendering raises, and the most memory it held."""
+    template = compile_template(source)
+    tracemalloc.start()
+    try:
+        with pytest.raises(TemplateError) as refused:
+            template.render(variables)
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return str(refused.value), peak_bytes
+
+
+@pytest.mark.parametrize(
+    ("source", "operation"),
+    [
+        # Reported: replace with an empty `old` inserts between every
+        # character; a long `new` times many occurrences does the same.
+        ("{{ ('a' * 30000)|replace('', 'b' * 10000) }}", "replace"),
+        ("{{ ('a' * 100000)|replace('a', 'b' * 1000) }}", "replace"),
+        ("{{ ('a' * 30000).replace('', 'b' * 10000) }}", r"\.replace\(\)"),
+        ("{{ ('a' * 100000)|replace('a', 'b' * 1000, 2000) }}", "replace"),
+        # Reported: list repetition, then join.
+        ("{{ (['b' * 1000000] * 400)|join }}", "'\\*'"),
+        (_BIG + "{{ " + _SHARED + "|join }}", "join"),
+        (_BIG + "{{ " + _SHARED_ROWS + "|join(', ', attribute='t') }}", "join"),
+        (_BIG + "{{ '-'.join(" + _SHARED + ") }}", r"\.join\(\)"),
+        ("{{ 'ab'.encode() * 10**9 }}", "'\\*'"),
+        ("{{ [[1, 2, 3]] * 300000 }}", "'\\*'"),
+        (_BIG + "{{ b ~ b }}", "'~'"),
+        (_BIG + "{{ b" + " ~ b" * 400 + " }}", "'~'"),
+        (_BIG + "{{ 'x' ~ " + _SHARED + " }}", "'~'"),
+        (_BIG + "{{ b + b }}", "'\\+'"),
+        (_BIG + "{{ [b] + [b] }}", "'\\+'"),
+        ("{% set x = 2 ** 2000 %}{{ x * x * x }}", "'\\*'"),
+        (_BIG + "{{ ('%s' * 400) % " + _SHARED_TUPLE + " }}", "'%'"),
+        ("{{ ('%999999d' * 1000) % ((1,) * 1000) }}", "'%'"),
+        (_BIG + "{{ ('%(b)s' * 400)|format(b=b) }}", "format"),
+        (_BIG + "{{ '%s'|format(" + _SHARED + ") }}", "format"),
+        (_BIG + "{{ ('%(b)s' * 400) % {'b': b} }}", "'%'"),
+        (_BIG + "{{ " + _SHARED + " }}", "printing"),
+        (_BIG + "{{ {'k': " + _SHARED + "} }}", "printing"),
+        (_BIG + "{{ " + _SHARED + "|string }}", "string"),
+        (_BIG + "{{ " + _SHARED + "|upper }}", "upper"),
+        (_BIG + "{{ " + _SHARED + "|tojson }}", "tojson"),
+        (_BIG + "{{ " + _SHARED + " is lower }}", "lower"),
+        (_BIG + "{{ " + _SHARED + "|replace('x', 'y') }}", "replace"),
+        (_BIG + "{{ 'x'|center(10) ~ " + _SHARED + "|center(10) }}", "center"),
+        ("{% set x = [[[[[[[[[[1]]]]]]]]]] %}"
+         "{{ ([x] * 10000)|tojson(indent=1000) }}", "tojson"),
+        ("{{ ('x\\n' * 500000)|indent(1000) }}", "indent"),
+        ("{{ ('x\\n' * 500000)|indent('>' * 1000, blank=true) }}", "indent"),
+        ("{{ ('a ' * 500000)|wordwrap(1, wrapstring='b' * 1000) }}", "wordwrap"),
+        ("{{ ('a.com ' * 10000)|urlize(target='t' * 100000) }}", "urlize"),
+        ("{{ ('a' * 100000).translate({97: 'b' * 10000}) }}", r"\.translate\(\)"),
+        ("{{ (1).to_bytes(10**9, 'big') }}", r"\.to_bytes\(\)"),
+        ("{{ 'x'.encode().ljust(10**9) }}", "unsafe"),
+        ("{{ 'x'.encode().center(10**9) }}", "unsafe"),
+        ("{{ '%9999999999d'.encode() % 1 }}", "not allowed"),
+        # What a macro or block collects is joined when it ends.
+        ("{% macro f() %}{% for i in 'x' * 1000 %}{{ 'b' * 1000000 }}"
+         "{% endfor %}{% endmacro %}{{ f()|length }}", "macro or block"),
+        ("{% set x %}{% for i in 'x' * 1000 %}{{ 'b' * 1000000 }}{% endfor %}"
+         "{% endset %}{{ x|length }}", "macro or block"),
+        ("{% filter length %}{% for i in 'x' * 1000 %}{{ 'b' * 1000000 }}"
+         "{% endfor %}{% endfilter %}", "macro or block"),
+        ("{% macro m() %}{{ caller()|length }}{% endmacro %}{% call m() %}"
+         "{% for i in 'x' * 1000 %}{{ 'b' * 1000000 }}{% endfor %}{% endcall %}",
+         "macro or block"),
+        # Filters that make a new value per item, and what keeps them all.
+        ("{{ ('x' * 1000)|list|map('center', 1000000)|list|length }}", "map|list"),
+        ("{% for x in ('x' * 1000)|list|map('center', 1000000) %}"
+         "{{ loop.length }}{% endfor %}", "map"),
+        ("{{ ('x' * 1000)|list|map('center', 1000000)|sort|length }}", "map|sort"),
+        ("{% set l = [0] * 200000 %}{{ [" + "l, " * 100 + "]"
+         "|sum(start=[])|length }}", "sum"),
+        (_BIG + "{{ " + _SHARED + "|sort|length }}", "sort"),
+        (_BIG + "{{ {'a': b, 'b': b, 'c': b}|dictsort(by='value')|length }}",
+         "dictsort"),
+        # Error messages that repeat a value with repr().
+        (_BIG + "{{ [].index(" + _SHARED + ") }}", r"\.index\(\)"),
+    ],
+)
+def test_no_single_operation_can_make_more_than_a_prompt(source, operation):
+    message, peak_bytes = _render_measuring_peak(source, {})
+
+    assert re.search(f"line 1: not allowed: .*{operation}", message), message
+    assert peak_bytes < _MAX_PEAK_BYTES
+
+
+def test_looking_up_a_missing_item_by_a_huge_key_names_it_briefly():
+    source = _BIG + "{{ {}[" + _SHARED + "] }}"
+
+    message, peak_bytes = _render_measuring_peak(source, {})
+
+    assert "too long to show" in message
+    assert peak_bytes < _MAX_PEAK_BYTES
+
+
+def test_a_huge_input_list_cannot_be_printed_or_joined():
+    shared = ["b" * 1_000_000] * 400
+
+    for source in ["{{ xs }}", "{{ xs|join }}", "{{ xs|map('upper')|list }}"]:
+        message, peak_bytes = _render_measuring_peak(source, {"xs": shared})
+
+        assert "not allowed" in message
+        assert peak_bytes < _MAX_PEAK_BYTES
+
+
+def test_pprint_is_not_available():
+    with pytest.raises(TemplateError, match="No filter named 'pprint'"):
+        compile_template("{{ x|pprint }}")
+
+
+@pytest.mark.parametrize(
+    ("source", "prompt"),
+    [
+        ("{{ 'ab' * 3 }} {{ '-' * 20 }}", "ababab " + "-" * 20),
+        ("{{ [1, 2] * 2 }} {{ (1,) * 3 }}", "[1, 2, 1, 2] (1, 1, 1)"),
+        ("{{ 'a' + 'b' }} {{ [1] + [2] }} {{ 2 * 3 }}", "ab [1, 2] 6"),
+        ("{{ 'n=' ~ 3 ~ ' ' ~ [1] ~ none }}", "n=3 [1]None"),
+        ("{{ 'Q: %s (%d%%)' % ('why', 5) }}", "Q: why (5%)"),
+        ("{{ '%(q)s/%(q)s'|format(q='x') }}", "x/x"),
+        ("{{ 'a, b'|replace(', ', '\n') }}", "a\nb"),
+        ("{{ 'abc'|replace('', '.') }} {{ 'aaa'|replace('a', 'bb', 2) }}",
+         ".a.b.c. bbbba"),
+        ("{{ 'x y'.replace(' ', '_') }}", "x_y"),
+        ("{{ ['a', 'b']|join(', ') }} {{ ' '.join(['c', 'd']) }}", "a, b c d"),
+        ("{{ [{'n': 'x'}, {'n': 'y'}]|join('+', attribute='n') }}", "x+y"),
+        ("{{ 'a\nb'|indent(2) }}", "a\n  b"),
+        ("{{ 'a\nb'|indent('> ', first=true) }}", "> a\n> b"),
+        ("{{ 'aa bb cc'|wordwrap(5, wrapstring='|') }}", "aa bb|cc"),
+        ("{{ 'aa bb cc'|wordwrap(2, wrapstring='<br>') }}", "aa<br>bb<br>cc"),
+        ("{{ 'go to www.x.com'|urlize }}",
+         'go to <a href="https://www.x.com" rel="noopener">www.x.com</a>'),
+        ("{{ {'b': [1], 'a': 2}|tojson(indent=1) }}",
+         '{\n "a": 2,\n "b": [\n  1\n ]\n}'),
+        ("{{ [[1], [2]]|sum(start=[]) }} {{ [1, 2]|sum }}", "[1, 2] 3"),
+        ("{{ ['b', 'A']|sort|join }} {{ {'b': 1, 'A': 2}|dictsort|first }}",
+         "Ab ('A', 2)"),
+        ("{{ ['a', 'B', 'A']|unique|list }}", "['a', 'B']"),
+        ("{{ 'abc'|list|map('upper')|join }}", "ABC"),
+        ("{% for x in 'ab'|list|map('upper') %}{{ loop.length }}{{ x }}"
+         "{% endfor %}", "2A2B"),
+        ("{{ [1, 2, 3]|batch(2)|list }} {{ [1, 2, 3]|slice(2)|list }}",
+         "[[1, 2], [3]] [[1, 2], [3]]"),
+        ("{{ [3, 1]|select('>', 1)|reverse|list }}", "[3]"),
+        ("{% macro f(x) %}<{{ x }}>{% endmacro %}{{ f(1) }}{{ f('a') }}",
+         "<1><a>"),
+        ("{% set s %}a{{ 1 }}{% endset %}{{ s }} "
+         "{% filter upper %}b{% endfilter %}", "a1 B"),
+        ("{{ 'abc'.translate({97: 'A'}) }} {{ (258).to_bytes(2, 'big') }}",
+         "Abc b'\\x01\\x02'"),
+        ("{{ {'k': 'v'}|xmlattr }} {{ 'X' is upper }}", ' k="v" True'),
+        ("{{ [1, 2].index(2) }} {{ 'a b'|urlencode }}", "1 a%20b"),
+    ],
+)
+def test_the_checked_operations_still_work_on_prompt_sized_values(source, prompt):
+    assert compile_template(source).render({}) == prompt
+
+
+def test_joining_with_tilde_still_escapes_only_unsafe_text_under_autoescape():
+    template = compile_template("{% autoescape true %}{{ a ~ b }}{% endautoescape %}")
+
+    assert template.render({"a": "<", "b": Markup("<b>")}) == "&lt;<b>"
+
+
+def test_a_long_input_can_still_be_filtered_and_printed():
+    text = "word " * 150_000
+    template = compile_template(
+        "{{ text|replace('word', 'term')|wordwrap(79)|indent(2)|length }}"
+    )
+
+    assert int(template.render({"text": text})) > 750_000
