@@ -189,7 +189,8 @@ def create_app(settings: Settings, *,
                query_logger: Callable[[Any], None] | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = await db.create_pool(settings, query_logger=query_logger)
+        pool = await db.create_pool(settings, query_logger=query_logger,
+                                    application_name="assay-api")
         arq = hub = None
         try:
             await db.check_schema(pool)

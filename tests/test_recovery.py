@@ -183,3 +183,27 @@ def start_redis(port: int) -> subprocess.Popen:
                 return redis
         time.sleep(0.02)
     raise AssertionError(f"redis-server did not start on port {port}")
+
+
+async def test_losing_the_database_connections_mid_run_resumes_it(
+        settings, pool, slow_model):
+    own = settings.replace(redis_prefix=settings.redis_prefix + "-pgkill")
+    async with running_stack(own, with_worker=False) as stack:
+        test_set = await create_test_set(stack, arithmetic_cases(100))
+        created = await create_evaluation(stack, test_set["id"], concurrency=2)
+        worker = start_worker(own, slow_model)
+        try:
+            await wait_for_progress(stack, created["id"], 10)
+            killed = await pool.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database()"
+                "   AND application_name IN ('assay-worker', 'assay-run-lock')")
+            evaluation = await stack.wait_for_status(created["id"], "COMPLETED",
+                                                     timeout_s=120)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+
+    assert killed >= 2
+    assert evaluation["completedCases"] == 100
+    assert await stored_results(pool, created["id"]) == (100, 100)

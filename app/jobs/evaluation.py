@@ -57,15 +57,15 @@ async def run_evaluation(job: JobContext, evaluation_id: int, attempt: int) -> s
     # The recovery sweep holds the lock for a moment while it looks; waiting
     # a little keeps a job that starts just then from giving up.
     async with run_locks.run_lock(job.database_url, evaluation_id,
-                                  wait_s=2.0) as held:
-        if not held:
+                                  wait_s=2.0) as lock:
+        if not lock.held:
             log.info("evaluation %s is being run by another worker", evaluation_id)
             return "RUNNING_ELSEWHERE"
-        return await _run_while_locked(job, evaluation_id, attempt)
+        return await _run_while_locked(job, evaluation_id, attempt, lock)
 
 
-async def _run_while_locked(job: JobContext, evaluation_id: int,
-                            attempt: int) -> str:
+async def _run_while_locked(job: JobContext, evaluation_id: int, attempt: int,
+                            lock: run_locks.RunLock) -> str:
     evaluation = await evaluation_store.get_evaluation(job.pool, evaluation_id)
     if evaluation is None:
         log.warning("evaluation %s no longer exists; nothing to run", evaluation_id)
@@ -92,10 +92,17 @@ async def _run_while_locked(job: JobContext, evaluation_id: int,
         return "FAILED"
 
     started = time.monotonic()
-    run = _Run(job, evaluation, template, scorer)
+    run = _Run(job, evaluation, template, scorer, lock)
     try:
         await run.execute()
     except Exception as exc:
+        if _lost_database(exc):
+            # The run's state is safe in PostgreSQL; with the database gone
+            # there is nothing to record. Leaving it IN_PROGRESS lets the
+            # recovery sweep resume it once the database is back.
+            log.warning("evaluation %s interrupted: lost PostgreSQL (%s); it will"
+                        " be resumed", evaluation_id, exc)
+            return "INTERRUPTED"
         log.exception("evaluation %s stopped by an unexpected error", evaluation_id)
         await _finish(job, evaluation, "FAILED",
                       f"the run stopped on an internal error ({type(exc).__name__})")
@@ -103,6 +110,10 @@ async def _run_while_locked(job: JobContext, evaluation_id: int,
 
     if run.fatal_error is not None:
         status, error = "FAILED", run.fatal_error
+    elif run.stopped_by == "LOCK_LOST":
+        log.warning("evaluation %s interrupted: its run lock was lost; it will be"
+                    " resumed", evaluation_id)
+        return "INTERRUPTED"
     elif run.stopped_by is not None:
         log.info("evaluation %s stopped: it became %s", evaluation_id, run.stopped_by)
         return run.stopped_by
@@ -135,8 +146,10 @@ async def _finish(job: JobContext, evaluation: EvaluationRow, status: str,
 
 class _Run:
     def __init__(self, job: JobContext, evaluation: EvaluationRow,
-                 template: PromptTemplate, scorer: Scorer) -> None:
+                 template: PromptTemplate, scorer: Scorer,
+                 lock: run_locks.RunLock) -> None:
         self.job = job
+        self.lock = lock
         self.evaluation = evaluation
         self.template = template
         self.scorer = scorer
@@ -258,13 +271,30 @@ class _Run:
 
     async def _watch_status(self) -> None:
         # The writer notices a cancel on its next batch; this catches it while
-        # every caller is still waiting on a slow model.
+        # every caller is still waiting on a slow model. It also stops a run
+        # whose lock went with its connection, before a worker that took the
+        # run over and this one both call the model for the same cases.
         while not self.stopping.is_set():
             await asyncio.sleep(WATCH_INTERVAL_S)
+            if not await self.lock.still_held():
+                self.stop(stopped_by="LOCK_LOST")
+                return
             status = await evaluation_store.evaluation_status(
                 self.job.pool, self.evaluation.id)
             if status != "IN_PROGRESS":
                 self.stop(stopped_by=status or "DELETED")
+
+
+_DATABASE_GONE = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+                  asyncpg.exceptions.OperatorInterventionError)
+
+
+def _lost_database(exc: BaseException) -> bool:
+    """Whether `exc` (or every error of a task group) is the database going
+    away, as opposed to a fault of the run itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_lost_database(inner) for inner in exc.exceptions)
+    return isinstance(exc, _DATABASE_GONE)
 
 
 def _failed(case: TestCaseRow, error: str, latency_ms: int | None = None,

@@ -43,8 +43,8 @@ async def sweep(pool: asyncpg.Pool, arq: ArqRedis, database_url: str,
         if await arq.exists(job_key_prefix + job_id) and not await arq.exists(
                 in_progress_key_prefix + job_id):
             continue  # waiting on the queue
-        async with run_locks.run_lock(database_url, evaluation_id) as free:
-            if not free:
+        async with run_locks.run_lock(database_url, evaluation_id) as lock:
+            if not lock.held:
                 continue  # a live worker is running it
             new_attempt = await evaluation_store.next_attempt(pool, evaluation_id,
                                                               attempt)
@@ -64,7 +64,8 @@ async def sweep_forever(pool: asyncpg.Pool, arq: ArqRedis, database_url: str,
     while True:
         try:
             await sweep(pool, arq, database_url, prefix)
-        except (RedisError, OSError, asyncpg.PostgresError) as exc:
+        except (RedisError, OSError, asyncpg.PostgresError,
+                asyncpg.InterfaceError) as exc:
             log.warning("recovery sweep failed, trying again in %.0fs: %s",
                         interval_s, exc)
         await asyncio.sleep(interval_s)

@@ -34,7 +34,7 @@ def build_worker(settings: Settings, *, max_evaluations: int = 4,
         return await run_evaluation(ctx["job"], evaluation_id, attempt)
 
     async def startup(ctx: dict[str, Any]) -> None:
-        pool = await db.create_pool(settings)
+        pool = await db.create_pool(settings, application_name="assay-worker")
         await db.check_schema(pool)
         model_client = ModelClient.from_settings(settings, settings.model_base_url)
         ctx["job"] = JobContext(

@@ -55,7 +55,7 @@ async def _skip_reset(conn: asyncpg.Connection) -> None:
 
 async def create_pool(settings: Settings, *, max_size: int | None = None,
                       query_logger: Callable[[Any], None] | None = None,
-                      ) -> asyncpg.Pool:
+                      application_name: str = "assay") -> asyncpg.Pool:
     """A pool whose connections decode JSON; `query_logger`, if given, hears
     of every statement (the tests and benchmarks count them with it)."""
 
@@ -69,6 +69,8 @@ async def create_pool(settings: Settings, *, max_size: int | None = None,
         min_size=1,
         max_size=max_size or settings.db_pool_max_size,
         init=init,
+        # Lets an operator tell Assay's processes apart in pg_stat_activity.
+        server_settings={"application_name": application_name},
         reset=_skip_reset,
         command_timeout=60,
     )
