@@ -6,6 +6,7 @@ The workers here are real `assay worker` processes, killed with real signals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,28 @@ def start_worker(settings, model_url: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def worker_process(settings, model_url: str) -> Iterator[subprocess.Popen]:
+    """An `assay worker` process, stopped on leaving if a test has not."""
+    worker = start_worker(settings, model_url)
+    try:
+        yield worker
+    finally:
+        if worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+
+async def start_run(stack, num_cases: int) -> str:
+    """A new evaluation of `num_cases` cases, two model calls at a time."""
+    test_set = await create_test_set(stack, arithmetic_cases(num_cases))
+    return (await create_evaluation(stack, test_set["id"], concurrency=2))["id"]
 
 
 async def wait_for_progress(stack, evaluation_id: str, at_least: int) -> None:
@@ -66,28 +90,19 @@ async def test_a_worker_killed_mid_run_is_replaced_and_the_run_ends_exact(
         settings, pool, slow_model):
     own = settings.replace(redis_prefix=settings.redis_prefix + "-kill")
     async with running_stack(own, with_worker=False) as stack:
-        test_set = await create_test_set(stack, arithmetic_cases(80))
-        created = await create_evaluation(stack, test_set["id"], concurrency=2)
-        first = start_worker(own, slow_model)
-        try:
-            await wait_for_progress(stack, created["id"], 10)
+        evaluation_id = await start_run(stack, 80)
+        with worker_process(own, slow_model) as first:
+            await wait_for_progress(stack, evaluation_id, 10)
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
-            second = start_worker(own, slow_model)
-            try:
-                evaluation = await stack.wait_for_status(created["id"], "COMPLETED",
-                                                         timeout_s=120)
-            finally:
-                second.terminate()
-                second.wait(timeout=30)
-        finally:
-            if first.poll() is None:
-                first.kill()
-        events, _ = await subscribe(stack, "graphql-transport-ws", created["id"],
+        with worker_process(own, slow_model):
+            evaluation = await stack.wait_for_status(evaluation_id, "COMPLETED",
+                                                     timeout_s=120)
+        events, _ = await subscribe(stack, "graphql-transport-ws", evaluation_id,
                                     after=0)
 
     assert evaluation["completedCases"] == 80
-    assert await stored_results(pool, created["id"]) == (80, 80)
+    assert await stored_results(pool, evaluation_id) == (80, 80)
     assert_contiguous(events, 1)
     assert sum(e["kind"] == "RESULT_ADDED" for e in events) == 80
 
@@ -96,23 +111,18 @@ async def test_many_graceful_restarts_do_not_use_up_a_run(settings, pool,
                                                           slow_model):
     own = settings.replace(redis_prefix=settings.redis_prefix + "-restarts")
     async with running_stack(own, with_worker=False) as stack:
-        test_set = await create_test_set(stack, arithmetic_cases(120))
-        created = await create_evaluation(stack, test_set["id"], concurrency=2)
+        evaluation_id = await start_run(stack, 120)
         for restart in range(7):
-            worker = start_worker(own, slow_model)
-            await wait_for_progress(stack, created["id"], 5 * (restart + 1))
-            worker.send_signal(signal.SIGTERM)
-            assert worker.wait(timeout=30) == 0
-        last = start_worker(own, slow_model)
-        try:
-            evaluation = await stack.wait_for_status(created["id"], "COMPLETED",
+            with worker_process(own, slow_model) as worker:
+                await wait_for_progress(stack, evaluation_id, 5 * (restart + 1))
+                worker.send_signal(signal.SIGTERM)
+                assert worker.wait(timeout=30) == 0
+        with worker_process(own, slow_model):
+            evaluation = await stack.wait_for_status(evaluation_id, "COMPLETED",
                                                      timeout_s=120)
-        finally:
-            last.terminate()
-            last.wait(timeout=30)
 
     assert evaluation["completedCases"] == 120
-    assert await stored_results(pool, created["id"]) == (120, 120)
+    assert await stored_results(pool, evaluation_id) == (120, 120)
 
 
 async def test_a_second_job_for_a_running_evaluation_leaves_it_alone(
@@ -151,26 +161,23 @@ async def test_a_redis_restart_mid_run_loses_and_doubles_nothing(settings, pool,
     own = settings.replace(redis_prefix=settings.redis_prefix + "-redis",
                            redis_url=f"redis://127.0.0.1:{port}/0")
     redis = start_redis(port)
-    async with running_stack(own, with_worker=False) as stack:
-        test_set = await create_test_set(stack, arithmetic_cases(100))
-        created = await create_evaluation(stack, test_set["id"], concurrency=2)
-        worker = start_worker(own, slow_model)
-        try:
-            await wait_for_progress(stack, created["id"], 10)
-            redis.terminate()
-            redis.wait(timeout=10)
-            await asyncio.sleep(1.0)
-            redis = start_redis(port)
-            evaluation = await stack.wait_for_status(created["id"], "COMPLETED",
-                                                     timeout_s=120)
-        finally:
-            worker.terminate()
-            worker.wait(timeout=30)
-            redis.terminate()
-            redis.wait(timeout=10)
+    try:
+        async with running_stack(own, with_worker=False) as stack:
+            evaluation_id = await start_run(stack, 100)
+            with worker_process(own, slow_model):
+                await wait_for_progress(stack, evaluation_id, 10)
+                redis.terminate()
+                redis.wait(timeout=10)
+                await asyncio.sleep(1.0)
+                redis = start_redis(port)
+                evaluation = await stack.wait_for_status(
+                    evaluation_id, "COMPLETED", timeout_s=120)
+    finally:
+        redis.terminate()
+        redis.wait(timeout=10)
 
     assert evaluation["completedCases"] == 100
-    assert await stored_results(pool, created["id"]) == (100, 100)
+    assert await stored_results(pool, evaluation_id) == (100, 100)
 
 
 def start_redis(port: int) -> subprocess.Popen:
@@ -189,21 +196,16 @@ async def test_losing_the_database_connections_mid_run_resumes_it(
         settings, pool, slow_model):
     own = settings.replace(redis_prefix=settings.redis_prefix + "-pgkill")
     async with running_stack(own, with_worker=False) as stack:
-        test_set = await create_test_set(stack, arithmetic_cases(100))
-        created = await create_evaluation(stack, test_set["id"], concurrency=2)
-        worker = start_worker(own, slow_model)
-        try:
-            await wait_for_progress(stack, created["id"], 10)
+        evaluation_id = await start_run(stack, 100)
+        with worker_process(own, slow_model):
+            await wait_for_progress(stack, evaluation_id, 10)
             killed = await pool.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                 " WHERE datname = current_database()"
                 "   AND application_name IN ('assay-worker', 'assay-run-lock')")
-            evaluation = await stack.wait_for_status(created["id"], "COMPLETED",
+            evaluation = await stack.wait_for_status(evaluation_id, "COMPLETED",
                                                      timeout_s=120)
-        finally:
-            worker.terminate()
-            worker.wait(timeout=30)
 
     assert killed >= 2
     assert evaluation["completedCases"] == 100
-    assert await stored_results(pool, created["id"]) == (100, 100)
+    assert await stored_results(pool, evaluation_id) == (100, 100)
