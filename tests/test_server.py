@@ -6,6 +6,8 @@ import asyncio
 import re
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +118,34 @@ async def _wait_for_port(port: int) -> None:
         await writer.wait_closed()
         return
     raise AssertionError(f"nothing listens on port {port}")
+
+
+async def test_healthz_answers_503_naming_postgresql_when_it_is_down(settings):
+    from app import services
+    from app.store import db
+
+    if isinstance(services._find_postgres_programs(), str):
+        pytest.skip("PostgreSQL's initdb is not installed")
+    # Not under pytest's tmp_path: when the tests run as root, PostgreSQL runs
+    # as the postgres user, who must be able to enter the directory.
+    data_dir = Path(tempfile.mkdtemp(prefix="assay-healthz-test-"))
+    data_dir.chmod(0o755)
+    nowhere = settings.replace(
+        database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/assay")
+    try:
+        own, local = await services.ensure_services(nowhere, data_dir,
+                                                    report=lambda _: None)
+        try:
+            await db.migrate(own)
+            async with running_stack(own, with_worker=False) as stack:
+                before = await stack.http.get(f"{stack.url}/healthz")
+                await local.stop()
+                after = await stack.http.get(f"{stack.url}/healthz")
+        finally:
+            await local.stop()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    assert before.status_code == 200
+    assert after.status_code == 503
+    assert after.json()["down"] == ["postgresql"]
