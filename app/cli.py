@@ -145,6 +145,8 @@ async def _close_quietly(worker: Any) -> None:
         await worker.close()
     except (RedisError, OSError) as exc:
         log.debug("closing the worker without Redis: %s", exc)
+        # Let every run finish before the pool and model client close.
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
         if worker.on_shutdown is not None:
             await worker.on_shutdown(worker.ctx)
 

@@ -115,12 +115,15 @@ class ProgressHub:
             try:
                 await self._read_until_disconnected()
             except (RedisError, OSError) as exc:
-                self.connected.clear()
-                self._mark_all_missed()
-                log.warning("progress hub lost Redis (%s); reconnecting in %.1fs",
-                            exc, delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 5.0)
+                log.warning("progress hub lost Redis (%s); reconnecting", exc)
+            except Exception:
+                # Followers fall back to the store meanwhile; keep the hub up.
+                log.exception("progress hub failed; reconnecting")
+            # Back off only while reconnecting keeps failing.
+            delay_s = 0.1 if self.connected.is_set() else min(delay_s * 2, 5.0)
+            self.connected.clear()
+            self._mark_all_missed()
+            await asyncio.sleep(delay_s)
 
     async def _read_until_disconnected(self) -> None:
         assert self._redis is not None
@@ -135,12 +138,15 @@ class ProgressHub:
                     self._mark_all_missed()
                     self.connected.set()
                 elif message["type"] == "pmessage":
-                    self._dispatch(message["data"])
+                    self._dispatch(message["channel"], message["data"])
 
-    def _dispatch(self, data: bytes) -> None:
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        evaluation_id = channel.rpartition(b":")[2]
+        if not evaluation_id.isdigit() or int(evaluation_id) not in self._listeners:
+            return  # nobody in this process follows it: skip decoding
         try:
             event = ProgressEventRow.from_json(json.loads(data))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             log.warning("ignored a malformed progress message: %s", exc)
             return
         for listener in self._listeners.get(event.evaluation_id, ()):

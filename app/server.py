@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -122,13 +123,14 @@ async def healthz(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
     down = []
     try:
-        await services.pool.fetchval("SELECT 1", timeout=2)
+        async with services.pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1", timeout=2)
     except Exception as exc:
         log.warning("health check: PostgreSQL is not answering: %s", exc)
         down.append("postgresql")
     try:
-        await services.arq.ping()
-    except (RedisError, OSError) as exc:
+        await asyncio.wait_for(services.arq.ping(), timeout=2)
+    except (RedisError, OSError, TimeoutError) as exc:
         log.warning("health check: Redis is not answering: %s", exc)
         down.append("redis")
     if down:

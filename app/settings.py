@@ -28,8 +28,9 @@ class SettingsError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    database_url: str = DEFAULT_DATABASE_URL
-    redis_url: str = DEFAULT_REDIS_URL
+    # URLs may hold passwords, so repr leaves them out; see safe_database_url.
+    database_url: str = dataclasses.field(default=DEFAULT_DATABASE_URL, repr=False)
+    redis_url: str = dataclasses.field(default=DEFAULT_REDIS_URL, repr=False)
     # Every Redis key and channel Assay uses starts with this, so that several
     # deployments (or test runs) can share one Redis without seeing each other.
     redis_prefix: str = "assay"
@@ -47,6 +48,12 @@ class Settings:
     max_query_depth: int = 12
     max_query_aliases: int = 30
     max_query_tokens: int = 5_000
+
+    def __post_init__(self) -> None:
+        if self.default_concurrency > self.max_concurrency:
+            raise SettingsError(
+                f"ASSAY_DEFAULT_CONCURRENCY ({self.default_concurrency}) must not"
+                f" exceed ASSAY_MAX_CONCURRENCY ({self.max_concurrency})")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -129,7 +136,8 @@ def _optional_url(env: Mapping[str, str], name: str) -> str | None:
     if not value:
         return None
     if urlsplit(value).scheme not in ("http", "https"):
-        raise SettingsError(f"{name} must be an http:// or https:// URL, got {value!r}")
+        raise SettingsError(f"{name} must be an http:// or https:// URL, got"
+                            f" {mask_password(value)!r}")
     return value.rstrip("/")
 
 

@@ -5,7 +5,7 @@
 -- already up to date. The version below is what `serve` and `worker` require;
 -- raise it whenever this file changes.
 --
--- assay-schema-version: 1
+-- assay-schema-version: 2
 
 CREATE TABLE IF NOT EXISTS schema_version (
     version    integer PRIMARY KEY,
@@ -105,6 +105,10 @@ CREATE TABLE IF NOT EXISTS evaluation_results (
 );
 CREATE INDEX IF NOT EXISTS evaluation_results_position_idx
     ON evaluation_results (evaluation_id, position);
+-- Deleting a test set cascades through these; without indexes each deleted
+-- case or result would scan the whole table.
+CREATE INDEX IF NOT EXISTS evaluation_results_test_case_idx
+    ON evaluation_results (test_case_id);
 
 -- Every progress event that was announced, so that a subscriber who comes
 -- late or reconnects can replay what pub/sub never kept.
@@ -122,4 +126,7 @@ CREATE TABLE IF NOT EXISTS progress_events (
     CHECK ((kind = 'RESULT_ADDED') = (result_id IS NOT NULL))
 );
 
-INSERT INTO schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
+CREATE INDEX IF NOT EXISTS progress_events_result_idx
+    ON progress_events (result_id);
+
+INSERT INTO schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;

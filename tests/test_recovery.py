@@ -209,3 +209,41 @@ async def test_losing_the_database_connections_mid_run_resumes_it(
     assert killed >= 2
     assert evaluation["completedCases"] == 100
     assert await stored_results(pool, evaluation_id) == (100, 100)
+
+
+async def test_the_sweep_replaces_a_dead_workers_job_and_clears_it_away(
+        settings, pool, slow_model):
+    from arq.constants import in_progress_key_prefix, job_key_prefix
+
+    from app.jobs import queue, recovery
+
+    own = settings.replace(redis_prefix=settings.redis_prefix + "-sweep")
+    async with running_stack(own, with_worker=False) as stack:
+        evaluation_id = int((await start_run(stack, 3)).removeprefix("ev_"))
+        # As a worker killed mid-run leaves it: IN_PROGRESS, its job marked
+        # as running, and no run lock held.
+        await pool.execute(
+            "UPDATE evaluations SET status = 'IN_PROGRESS',"
+            " created_at = now() - interval '1 minute' WHERE id = $1",
+            evaluation_id)
+        arq = await queue.connect(own.redis_url)
+        old_job = queue.job_id(own.redis_prefix, evaluation_id, 1)
+        await arq.set(in_progress_key_prefix + old_job, b"1")
+        try:
+            requeued = await recovery.sweep(pool, arq, own.database_url,
+                                            own.redis_prefix)
+            queued = await arq.zrange(queue.queue_name(own.redis_prefix), 0, -1)
+            old_keys = await arq.exists(in_progress_key_prefix + old_job,
+                                        job_key_prefix + old_job)
+            again = await recovery.sweep(pool, arq, own.database_url,
+                                         own.redis_prefix)
+        finally:
+            await arq.aclose()
+        attempt = await pool.fetchval(
+            "SELECT attempt FROM evaluations WHERE id = $1", evaluation_id)
+
+    assert requeued == 1
+    assert attempt == 2
+    assert old_keys == 0
+    assert queued == [queue.job_id(own.redis_prefix, evaluation_id, 2).encode()]
+    assert again == 0

@@ -17,6 +17,8 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -30,6 +32,8 @@ from app.store.rows import EvaluationRow, NewResult, TestCaseRow
 from app.templates import PromptTemplate, TemplateError, compile_template
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 FEED_PAGE_SIZE = 200
 WRITE_BATCH_MAX = 500
@@ -161,6 +165,7 @@ class _Run:
         self.results: asyncio.Queue[NewResult | None] = asyncio.Queue(
             WRITE_BATCH_MAX * 2)
         self.stopping = asyncio.Event()
+        self.callers: list[asyncio.Task[None]] = []
         self.fatal_error: str | None = None
         self.stopped_by: str | None = None
 
@@ -170,21 +175,31 @@ class _Run:
         async with asyncio.TaskGroup() as group:
             watcher = group.create_task(self._watch_status(), name="watcher")
             writer = group.create_task(self._write_results(), name="writer")
-            callers = [group.create_task(self._call_model(), name=f"caller-{i}")
-                       for i in range(self.evaluation.concurrency)]
+            self.callers = [
+                group.create_task(self._call_model(), name=f"caller-{i}")
+                for i in range(self.evaluation.concurrency)]
             await self._feed_cases()
-            await asyncio.gather(*callers)
+            # Callers cancelled by a hard stop end with CancelledError.
+            await asyncio.gather(*self.callers, return_exceptions=True)
             await self.results.put(None)
             await writer
             watcher.cancel()
 
     def stop(self, *, fatal_error: str | None = None,
              stopped_by: str | None = None) -> None:
+        """Start no new model call. A fatal error or a lost lock also abandons
+        the calls in flight: their answers are useless, or another worker may
+        already be asking the model the same questions."""
         if fatal_error is not None and self.fatal_error is None:
             self.fatal_error = fatal_error
         if stopped_by is not None:
             self.stopped_by = stopped_by
         self.stopping.set()
+        if fatal_error is not None or stopped_by == "LOCK_LOST":
+            current = asyncio.current_task()
+            for caller in self.callers:
+                if caller is not current:
+                    caller.cancel()
 
     async def _feed_cases(self) -> None:
         after_position = -1
@@ -204,23 +219,35 @@ class _Run:
                 break
             after_position = page[-1].position
         for _ in range(self.evaluation.concurrency):
-            await self.cases.put(None)
+            await self._put_unless_stopping(None)
 
-    async def _put_unless_stopping(self, case: TestCaseRow) -> None:
-        put = asyncio.ensure_future(self.cases.put(case))
-        stop = asyncio.ensure_future(self.stopping.wait())
-        await asyncio.wait({put, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not put.done():
-            put.cancel()
+    async def _put_unless_stopping(self, case: TestCaseRow | None) -> None:
+        await self._unless_stopping(self.cases.put(case))
 
     async def _call_model(self) -> None:
-        while (case := await self.cases.get()) is not None:
-            if self.stopping.is_set():
-                continue
+        while True:
+            case = await self._unless_stopping(self.cases.get())
+            if case is None or self.stopping.is_set():
+                return
             result = await self._answer(case)
             if result is not None:
                 await self.results.put(result)
+
+    async def _unless_stopping(self, step: Awaitable[T]) -> T | None:
+        """`step`'s result, or None as soon as the run is stopping."""
+        work = asyncio.ensure_future(step)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            work.cancel()  # this task was cancelled: leave nothing behind
+            raise
+        finally:
+            stop.cancel()
+        if not work.done():
+            work.cancel()
+            return None
+        return work.result()
 
     async def _answer(self, case: TestCaseRow) -> NewResult | None:
         try:

@@ -48,6 +48,8 @@ async def sweep(pool: asyncpg.Pool, arq: ArqRedis, database_url: str,
                 continue  # a live worker is running it
             new_attempt = await evaluation_store.next_attempt(pool, evaluation_id,
                                                               attempt)
+            if new_attempt is not None:
+                await _forget_job(arq, prefix, job_id)
         if new_attempt is None:
             continue  # finished meanwhile, or another sweep got there first
         await queue.enqueue_evaluation(arq, prefix, evaluation_id, new_attempt)
@@ -55,6 +57,14 @@ async def sweep(pool: asyncpg.Pool, arq: ArqRedis, database_url: str,
                     evaluation_id, attempt, new_attempt)
         requeued += 1
     return requeued
+
+
+async def _forget_job(arq: ArqRedis, prefix: str, job_id: str) -> None:
+    # A dead worker's job stays on the queue marked as running for the job's
+    # whole timeout; arq reads only the head of the queue on each poll, so
+    # enough such leftovers would keep every new job from being picked up.
+    await arq.zrem(queue.queue_name(prefix), job_id)
+    await arq.delete(in_progress_key_prefix + job_id, job_key_prefix + job_id)
 
 
 async def sweep_forever(pool: asyncpg.Pool, arq: ArqRedis, database_url: str,
@@ -68,4 +78,8 @@ async def sweep_forever(pool: asyncpg.Pool, arq: ArqRedis, database_url: str,
                 asyncpg.InterfaceError) as exc:
             log.warning("recovery sweep failed, trying again in %.0fs: %s",
                         interval_s, exc)
+        except Exception:
+            # A bug here must not end recovery for the life of the worker.
+            log.exception("recovery sweep failed unexpectedly; trying again in"
+                          " %.0fs", interval_s)
         await asyncio.sleep(interval_s)

@@ -16,7 +16,7 @@ from arq.worker import func
 from app.jobs import queue, recovery
 from app.jobs.evaluation import JobContext, run_evaluation
 from app.llm.client import ModelClient
-from app.settings import Settings
+from app.settings import Settings, mask_password
 from app.store import db
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,8 @@ def build_worker(settings: Settings, *, max_evaluations: int = 4,
             pool, ctx["redis"], settings.database_url, settings.redis_prefix,
             settings.recovery_interval_s), name="recovery-sweep")
         log.info("worker ready: queue %s, model endpoint %s, database %s",
-                 queue.queue_name(settings.redis_prefix), model_client.base_url,
-                 settings.safe_database_url)
+                 queue.queue_name(settings.redis_prefix),
+                 mask_password(model_client.base_url), settings.safe_database_url)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         sweeper: asyncio.Task[None] | None = ctx.get("sweeper")
@@ -72,7 +72,6 @@ def build_worker(settings: Settings, *, max_evaluations: int = 4,
         poll_delay=0.05,
         handle_signals=handle_signals,
         burst=burst,
-        allow_abort_jobs=True,
         # arq counts every hand-back on SIGTERM as a try; a run resumes where
         # it stopped, so rolling restarts must not use up its tries.
         max_tries=1000,
