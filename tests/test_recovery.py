@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -29,20 +31,26 @@ from tests.test_progress import assert_contiguous, subscribe
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_worker(settings, model_url: str) -> subprocess.Popen:
+def start_worker(settings, model_url: str, log: IO[bytes] | None = None,
+                 ) -> subprocess.Popen:
     env = {**os.environ, "DATABASE_URL": settings.database_url,
            "REDIS_URL": settings.redis_url,
            "ASSAY_REDIS_PREFIX": settings.redis_prefix,
            "OPENAI_BASE_URL": model_url, "ASSAY_RECOVERY_INTERVAL_S": "1"}
     return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=log or subprocess.DEVNULL)
 
 
 @contextlib.contextmanager
 def worker_process(settings, model_url: str) -> Iterator[subprocess.Popen]:
-    """An `assay worker` process, stopped on leaving if a test has not."""
-    worker = start_worker(settings, model_url)
+    """An `assay worker` process, stopped on leaving if a test has not. Its
+    log is kept in the temporary folder (assay-test-workers/), to explain a
+    failure."""
+    log_dir = Path(tempfile.gettempdir()) / "assay-test-workers"
+    log_dir.mkdir(exist_ok=True)
+    log = open(log_dir / f"{settings.redis_prefix}.log", "ab")
+    worker = start_worker(settings, model_url, log)
     try:
         yield worker
     finally:
@@ -53,6 +61,7 @@ def worker_process(settings, model_url: str) -> Iterator[subprocess.Popen]:
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
+        log.close()
 
 
 async def start_run(stack, num_cases: int) -> str:

@@ -83,8 +83,9 @@ async def _run_while_locked(job: JobContext, evaluation_id: int, attempt: int,
     if not resumed and not await _change_status(job, evaluation, "IN_PROGRESS",
                                                 from_statuses=("QUEUED",)):
         return "CANCELLED"
-    log.info("evaluation %s %s: %d cases, %d done, model %s, concurrency %d",
-             evaluation_id, "resumed" if resumed else "started",
+    log.info("evaluation %s attempt %s %s: %d cases, %d done, model %s,"
+             " concurrency %d", evaluation_id, attempt,
+             "resumed" if resumed else "started",
              evaluation.total_cases, evaluation.completed_cases, evaluation.model,
              evaluation.concurrency)
 
@@ -100,32 +101,43 @@ async def _run_while_locked(job: JobContext, evaluation_id: int, attempt: int,
     try:
         await run.execute()
     except Exception as exc:
-        if _lost_database(exc):
-            # The run's state is safe in PostgreSQL; with the database gone
-            # there is nothing to record. Leaving it IN_PROGRESS lets the
-            # recovery sweep resume it once the database is back.
-            log.warning("evaluation %s interrupted: lost PostgreSQL (%s); it will"
-                        " be resumed", evaluation_id, exc)
-            return "INTERRUPTED"
-        log.exception("evaluation %s stopped by an unexpected error", evaluation_id)
-        await _finish(job, evaluation, "FAILED",
-                      f"the run stopped on an internal error ({type(exc).__name__})")
-        return "FAILED"
-
-    if run.fatal_error is not None:
-        status, error = "FAILED", run.fatal_error
-    elif run.stopped_by == "LOCK_LOST":
-        log.warning("evaluation %s interrupted: its run lock was lost; it will be"
-                    " resumed", evaluation_id)
-        return "INTERRUPTED"
-    elif run.stopped_by is not None:
-        log.info("evaluation %s stopped: it became %s", evaluation_id, run.stopped_by)
-        return run.stopped_by
+        outcome = await _after_crash(job, evaluation, exc)
     else:
-        status, error = "COMPLETED", None
-    await _finish(job, evaluation, status, error)
-    log.info("evaluation %s %s in %.1fs", evaluation_id, status.lower(),
-             time.monotonic() - started)
+        outcome = await _after_run(job, evaluation, run)
+    log.info("evaluation %s attempt %s ended %s after %.1fs", evaluation_id, attempt,
+             outcome, time.monotonic() - started)
+    return outcome
+
+
+async def _after_crash(job: JobContext, evaluation: EvaluationRow,
+                       exc: Exception) -> str:
+    if _lost_database(exc):
+        # The run's state is safe in PostgreSQL; with the database gone there
+        # is nothing to record. Leaving it IN_PROGRESS lets the recovery sweep
+        # resume it once the database is back.
+        log.warning("evaluation %s lost PostgreSQL (%s); it will be resumed",
+                    evaluation.id, exc)
+        return "INTERRUPTED"
+    log.exception("evaluation %s stopped by an unexpected error", evaluation.id)
+    await _finish(job, evaluation, "FAILED",
+                  f"the run stopped on an internal error ({type(exc).__name__})")
+    return "FAILED"
+
+
+async def _after_run(job: JobContext, evaluation: EvaluationRow, run: _Run) -> str:
+    """Record how a run that returned normally ended; the status it ended in."""
+    if run.stopped_by == "LOCK_LOST":
+        log.warning("evaluation %s lost its run lock; it will be resumed",
+                    evaluation.id)
+        return "INTERRUPTED"
+    if run.stopped_by is not None and run.fatal_error is None:
+        return run.stopped_by  # cancelled or deleted: already recorded
+
+    status = "FAILED" if run.fatal_error is not None else "COMPLETED"
+    if not await _finish(job, evaluation, status, run.fatal_error):
+        # A cancel landed between the last result and this update.
+        current = await evaluation_store.evaluation_status(job.pool, evaluation.id)
+        return current or "DELETED"
     return status
 
 
@@ -141,11 +153,12 @@ async def _change_status(job: JobContext, evaluation: EvaluationRow, to_status: 
 
 
 async def _finish(job: JobContext, evaluation: EvaluationRow, status: str,
-                  error: str | None) -> None:
+                  error: str | None) -> bool:
+    """Record the final status; False if the evaluation had already ended."""
     if error is not None:
         log.warning("evaluation %s failed: %s", evaluation.id, error)
-    await _change_status(job, evaluation, status, error=error,
-                         from_statuses=("QUEUED", "IN_PROGRESS"))
+    return await _change_status(job, evaluation, status, error=error,
+                                from_statuses=("QUEUED", "IN_PROGRESS"))
 
 
 class _Run:

@@ -14,8 +14,14 @@ from app import events, ids, validation
 from app.context import Context
 from app.errors import ApiError, BadUserInput, Conflict, NotFound
 from app.jobs import queue
-from app.schema.common import After, Connection, First
-from app.schema.evaluations import Evaluation, EvaluationStatus, evaluation_page
+from app.schema.common import (
+    After,
+    Connection,
+    First,
+    build_connection,
+    page_size,
+)
+from app.schema.evaluations import Evaluation, EvaluationStatus
 from app.schema.inputs import CreateEvaluationInput
 from app.scoring import ScorerOptionsError, build_scorer
 from app.store import evaluations as evaluation_store
@@ -46,7 +52,7 @@ class EvaluationQueries:
     ) -> Connection[Evaluation]:
         test_set = (None if test_set_id is None else
                     ids.decode(ids.Kind.TEST_SET, test_set_id, field="testSetId"))
-        return await evaluation_page(info.context, first, after,
+        return await _evaluation_page(info.context, first, after,
                                      status=status.value if status else None,
                                      test_set_id=test_set)
 
@@ -183,3 +189,22 @@ async def _enqueue(context: Context, evaluation_id: int, attempt: int) -> None:
             f"the job queue is unavailable; evaluation"
             f" {ids.encode(ids.Kind.EVALUATION, evaluation_id)} was stored as FAILED"
         ) from exc
+
+
+async def _evaluation_page(
+    context: Context,
+    first: int | None,
+    after: str | None,
+    *,
+    status: str | None = None,
+    test_set_id: int | None = None,
+) -> Connection[Evaluation]:
+    """A page of evaluations, newest first."""
+    limit = page_size(first)
+    before_id = ids.decode_cursor(after, maximum=ids.MAX_ROW_ID)
+
+    rows = await evaluation_store.list_evaluations(
+        context.pool, limit + 1, before_id, status, test_set_id)
+    total = await evaluation_store.count_evaluations(context.pool, status,
+                                                     test_set_id)
+    return build_connection(rows, limit, total, lambda r: r.id, Evaluation.from_row)

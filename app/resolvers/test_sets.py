@@ -11,7 +11,13 @@ from strawberry.types import Info
 from app import ids, validation
 from app.context import Context
 from app.errors import BadUserInput, NotFound
-from app.schema.common import After, Connection, First, build_connection, page_size
+from app.schema.common import (
+    After,
+    Connection,
+    First,
+    build_connection,
+    page_size,
+)
 from app.schema.inputs import CreateTestSetInput, TestCaseInput
 from app.schema.test_sets import TestSet
 from app.store import test_sets as test_set_store

@@ -13,9 +13,14 @@ from strawberry.types import Info
 from app import ids
 from app.context import Context
 from app.errors import ApiError
-from app.schema.common import After, Connection, First, build_connection, page_size
+from app.schema.common import (
+    After,
+    Connection,
+    First,
+    build_connection,
+    page_size,
+)
 from app.schema.test_sets import Category, TestCase, TestSet
-from app.store import evaluations as evaluation_store
 from app.store.rows import CategoryScoreRow, EvaluationRow, ResultRow
 
 
@@ -212,20 +217,3 @@ class Evaluation:
         return build_connection(rows, limit, total, lambda r: r.position,
                                 EvaluationResult.from_row)
 
-
-async def evaluation_page(
-    context: Context,
-    first: int | None,
-    after: str | None,
-    *,
-    status: str | None = None,
-    test_set_id: int | None = None,
-) -> Connection[Evaluation]:
-    """A page of evaluations, newest first, for both list fields."""
-    limit = page_size(first)
-    before_id = ids.decode_cursor(after, maximum=ids.MAX_ROW_ID)
-
-    rows = await evaluation_store.list_evaluations(
-        context.pool, limit + 1, before_id, status, test_set_id)
-    total = await evaluation_store.count_evaluations(context.pool, status, test_set_id)
-    return build_connection(rows, limit, total, lambda r: r.id, Evaluation.from_row)

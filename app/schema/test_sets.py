@@ -11,7 +11,13 @@ from strawberry.types import Info
 
 from app import ids
 from app.context import Context
-from app.schema.common import After, Connection, First, build_connection, page_size
+from app.schema.common import (
+    After,
+    Connection,
+    First,
+    build_connection,
+    page_size,
+)
 from app.store.rows import CategoryRow, TestCaseRow, TestSetRow
 
 if TYPE_CHECKING:
