@@ -23,14 +23,14 @@ from app.store.rows import (
     ProgressEventRow,
     ResultRow,
     TestCaseRow,
+    columns,
     from_record,
 )
 
-_EVALUATION_COLUMNS = ", ".join(f.name for f in dataclasses.fields(EvaluationRow))
-_RESULT_FIELDS = [f.name for f in dataclasses.fields(ResultRow)]
-_RESULT_COLUMNS = ", ".join(f"r.{name}" for name in _RESULT_FIELDS)
+_EVALUATION_COLUMNS = columns(EvaluationRow)
+_RESULT_COLUMNS = columns(ResultRow, "r")
 # For joins where result columns would clash with the event's own.
-_PREFIXED_RESULT_COLUMNS = ", ".join(f"r.{name} AS r_{name}" for name in _RESULT_FIELDS)
+_PREFIXED_RESULT_COLUMNS = columns(ResultRow, "r", prefix="r_")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,7 +308,7 @@ async def events_after(
     )
     events = []
     for r in records:
-        result = (ResultRow(**{name: r[f"r_{name}"] for name in _RESULT_FIELDS})
+        result = (from_record(ResultRow, r, prefix="r_")
                   if r["r_id"] is not None else None)
         events.append(ProgressEventRow(
             evaluation_id=r["evaluation_id"], sequence=r["sequence"],
@@ -324,8 +324,7 @@ async def cases_without_result(
 ) -> list[TestCaseRow]:
     """The next cases of the run, in order, that have no result yet."""
     records = await pool.fetch(
-        "SELECT tc.id, tc.test_set_id, tc.category_id, tc.position, tc.input,"
-        "   tc.expected_output, tc.metadata"
+        f"SELECT {columns(TestCaseRow, 'tc')}"
         " FROM test_cases tc"
         " WHERE tc.test_set_id = $1 AND tc.position > $2"
         "   AND NOT EXISTS (SELECT 1 FROM evaluation_results r"
@@ -334,15 +333,6 @@ async def cases_without_result(
         evaluation.test_set_id, after_position, evaluation.id, limit,
     )
     return [from_record(TestCaseRow, r) for r in records]
-
-
-async def results_by_ids(pool: asyncpg.Pool, ids: Sequence[int]) -> list[ResultRow]:
-    records = await pool.fetch(
-        f"SELECT {_RESULT_COLUMNS} FROM evaluation_results r"
-        " WHERE r.id = any($1::bigint[])",
-        ids,
-    )
-    return [from_record(ResultRow, r) for r in records]
 
 
 async def page_results(
@@ -368,7 +358,7 @@ async def page_results(
     )
     pages: dict[int, list[ResultRow]] = {i: [] for i in evaluation_ids}
     for r in records:
-        row = ResultRow(**{name: r[f"r_{name}"] for name in _RESULT_FIELDS})
+        row = from_record(ResultRow, r, prefix="r_")
         pages[row.evaluation_id].append(row)
     return pages
 
@@ -396,9 +386,9 @@ async def page_evaluations_of_test_sets(
     before_id: int | None,
 ) -> dict[int, list[EvaluationRow]]:
     """Newest-first pages of each test set's evaluations, in one statement."""
-    columns = ", ".join(f"e.{f.name}" for f in dataclasses.fields(EvaluationRow))
     records = await pool.fetch(
-        f"SELECT {columns} FROM unnest($1::bigint[]) AS ts(id) CROSS JOIN LATERAL ("
+        f"SELECT {columns(EvaluationRow, 'e')}"
+        " FROM unnest($1::bigint[]) AS ts(id) CROSS JOIN LATERAL ("
         "   SELECT * FROM evaluations WHERE test_set_id = ts.id"
         "     AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3) e",
         list(test_set_ids), before_id, limit,

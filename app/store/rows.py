@@ -151,6 +151,17 @@ class ProgressEventRow:
         return cls(**{**data, "result": ResultRow(**result) if result else None})
 
 
-def from_record(row_type: type, record: Any) -> Any:
-    """Build a row dataclass from an asyncpg record with matching columns."""
-    return row_type(**{f.name: record[f.name] for f in dataclasses.fields(row_type)})
+def columns(row_type: type, table: str = "", prefix: str = "") -> str:
+    """The SELECT list for a row dataclass: `t.id AS r_id, ...` with a table
+    alias and a prefix where a join would make names clash."""
+    qualifier = f"{table}." if table else ""
+    return ", ".join(
+        f"{qualifier}{f.name}" + (f" AS {prefix}{f.name}" if prefix else "")
+        for f in dataclasses.fields(row_type))
+
+
+def from_record(row_type: type, record: Any, prefix: str = "") -> Any:
+    """Build a row dataclass from an asyncpg record with matching columns
+    (named with `prefix`, as `columns` gave them)."""
+    return row_type(**{f.name: record[prefix + f.name]
+                       for f in dataclasses.fields(row_type)})

@@ -13,12 +13,11 @@ from app.store.rows import (
     NewTestCase,
     TestCaseRow,
     TestSetRow,
+    columns,
     from_record,
 )
 
-_TEST_CASE_COLUMNS = (
-    "id, test_set_id, category_id, position, input, expected_output, metadata"
-)
+_TEST_CASE_COLUMNS = columns(TestCaseRow)
 
 
 async def create_test_set(
@@ -218,9 +217,9 @@ async def page_test_cases(
 ) -> dict[int, list[TestCaseRow]]:
     """A page of cases, in the order given, for each of several test sets in
     one statement."""
-    columns = ", ".join(f"tc.{c.strip()}" for c in _TEST_CASE_COLUMNS.split(","))
     records = await pool.fetch(
-        f"SELECT {columns} FROM unnest($1::bigint[]) AS ts(id) CROSS JOIN LATERAL ("
+        f"SELECT {columns(TestCaseRow, 'tc')}"
+        " FROM unnest($1::bigint[]) AS ts(id) CROSS JOIN LATERAL ("
         "   SELECT * FROM test_cases WHERE test_set_id = ts.id"
         "     AND position > coalesce($2::int, -1)"
         "     AND ($3::bigint IS NULL OR category_id = $3)"
