@@ -38,6 +38,9 @@ class Settings:
     openai_api_key: str | None = dataclasses.field(default=None, repr=False)
     model_timeout_s: float = 60.0
     model_max_retries: int = 3
+    # A run the model keeps rate limiting with no answer at all for this long
+    # fails, instead of waiting on an endpoint that may never let it through.
+    rate_limit_max_wait_s: float = 600.0
     default_concurrency: int = 8
     max_concurrency: int = 64
     db_pool_max_size: int = 10
@@ -48,6 +51,10 @@ class Settings:
     max_query_depth: int = 12
     max_query_aliases: int = 30
     max_query_tokens: int = 5_000
+    # Pings on idle websockets, more often than proxies drop silent ones.
+    ws_keepalive_s: float = 5.0
+    # How long createTestSet/createEvaluation remember an idempotency key.
+    idempotency_key_hours: float = 24.0
 
     def __post_init__(self) -> None:
         if self.default_concurrency > self.max_concurrency:
@@ -70,6 +77,8 @@ class Settings:
                                     minimum=0.1),
             model_max_retries=_number(env, "ASSAY_MODEL_MAX_RETRIES", 3, int,
                                       minimum=0),
+            rate_limit_max_wait_s=_number(env, "ASSAY_RATE_LIMIT_MAX_WAIT_S", 600.0,
+                                          float, minimum=1.0),
             default_concurrency=_number(env, "ASSAY_DEFAULT_CONCURRENCY", 8, int,
                                         minimum=1),
             max_concurrency=_number(env, "ASSAY_MAX_CONCURRENCY", 64, int,
@@ -85,6 +94,10 @@ class Settings:
                                       minimum=1),
             max_query_tokens=_number(env, "ASSAY_MAX_QUERY_TOKENS", 5_000, int,
                                      minimum=100),
+            ws_keepalive_s=_number(env, "ASSAY_WS_KEEPALIVE_S", 5.0, float,
+                                   minimum=0.5),
+            idempotency_key_hours=_number(env, "ASSAY_IDEMPOTENCY_KEY_HOURS", 24.0,
+                                          float, minimum=0.01),
         )
 
     def replace(self, **changes: object) -> Settings:

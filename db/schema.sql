@@ -5,7 +5,7 @@
 -- already up to date. The version below is what `serve` and `worker` require;
 -- raise it whenever this file changes.
 --
--- assay-schema-version: 2
+-- assay-schema-version: 3
 
 CREATE TABLE IF NOT EXISTS schema_version (
     version    integer PRIMARY KEY,
@@ -115,12 +115,16 @@ CREATE INDEX IF NOT EXISTS evaluation_results_test_case_idx
 CREATE TABLE IF NOT EXISTS progress_events (
     evaluation_id   bigint NOT NULL REFERENCES evaluations (id) ON DELETE CASCADE,
     sequence        integer NOT NULL CHECK (sequence > 0),
-    kind            text NOT NULL CHECK (kind IN ('STATUS_CHANGED', 'RESULT_ADDED')),
+    kind            text NOT NULL CONSTRAINT progress_events_kind_check
+                        CHECK (kind IN ('STATUS_CHANGED', 'RESULT_ADDED',
+                                        'RATE_LIMITED')),
     status          text NOT NULL,
     completed_cases integer NOT NULL CHECK (completed_cases >= 0),
     failed_cases    integer NOT NULL CHECK (failed_cases >= 0),
     score           double precision,
     result_id       bigint REFERENCES evaluation_results (id) ON DELETE CASCADE,
+    -- RATE_LIMITED: how long the run holds off before calling the model again.
+    wait_seconds    double precision CHECK (wait_seconds >= 0),
     created_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (evaluation_id, sequence),
     CHECK ((kind = 'RESULT_ADDED') = (result_id IS NOT NULL))
@@ -129,4 +133,42 @@ CREATE TABLE IF NOT EXISTS progress_events (
 CREATE INDEX IF NOT EXISTS progress_events_result_idx
     ON progress_events (result_id);
 
-INSERT INTO schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;
+-- Version 3: runs announce when they hold off on a rate limit.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM schema_version WHERE version >= 3) THEN
+        ALTER TABLE progress_events
+            ADD COLUMN IF NOT EXISTS wait_seconds double precision
+                CHECK (wait_seconds >= 0);
+        ALTER TABLE progress_events DROP CONSTRAINT IF EXISTS progress_events_kind_check;
+        -- Rows already there passed a stricter check: no need to scan them.
+        ALTER TABLE progress_events ADD CONSTRAINT progress_events_kind_check
+            CHECK (kind IN ('STATUS_CHANGED', 'RESULT_ADDED', 'RATE_LIMITED'))
+            NOT VALID;
+    END IF;
+END
+$$;
+
+-- A client that retries a create sends the same idempotency key; the key
+-- remembers what it created (and a digest of the request, so the same key
+-- with a different request is refused). Keys go with what they created, and
+-- expired ones are deleted by the workers' recovery sweep.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    operation      text NOT NULL CHECK (operation IN ('createTestSet',
+                                                      'createEvaluation')),
+    key            text NOT NULL,
+    request_digest text NOT NULL,
+    test_set_id    bigint REFERENCES test_sets (id) ON DELETE CASCADE,
+    evaluation_id  bigint REFERENCES evaluations (id) ON DELETE CASCADE,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (operation, key),
+    CHECK ((test_set_id IS NULL) <> (evaluation_id IS NULL))
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_created_idx
+    ON idempotency_keys (created_at);
+CREATE INDEX IF NOT EXISTS idempotency_keys_test_set_idx
+    ON idempotency_keys (test_set_id);
+CREATE INDEX IF NOT EXISTS idempotency_keys_evaluation_idx
+    ON idempotency_keys (evaluation_id);
+
+INSERT INTO schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;

@@ -26,7 +26,8 @@ _NEXT = {"graphql-transport-ws": "next", "graphql-ws": "data"}
 
 async def subscribe(stack, protocol: str, evaluation_id: str,
                     after: int | None = None, *, stop_after: int | None = None,
-                    timeout_s: float = 60) -> tuple[list[dict[str, Any]], Any]:
+                    timeout_s: float = 60, document: str = PROGRESS,
+                    ) -> tuple[list[dict[str, Any]], Any]:
     """Events of one subscription until it completes (or `stop_after` events,
     when the client leaves); returns them and any error payload."""
     events: list[dict[str, Any]] = []
@@ -36,7 +37,7 @@ async def subscribe(stack, protocol: str, evaluation_id: str,
             pass
         await ws.send(json.dumps({
             "id": "1", "type": _START[protocol],
-            "payload": {"query": PROGRESS,
+            "payload": {"query": document,
                         "variables": {"id": evaluation_id, "after": after}}}))
         async with asyncio.timeout(timeout_s):
             while True:

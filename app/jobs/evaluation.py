@@ -8,7 +8,13 @@ only a small window of cases however large the test set is:
 
 The single writer stores results in batches (whatever has piled up while the
 previous batch was written, so the first result is never held back) and
-publishes their events only after the transaction has committed.
+publishes their events only after the transaction has committed. Callers
+share a Throttle: a rate-limited call holds the whole run off and is retried,
+instead of failing case after case.
+
+Stopping (a cancel, a fatal model error, a lost run lock) abandons the calls
+in flight: after a cancel their answers would be dropped anyway, and a slow
+model must not keep a cancelled run busy.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from app import events
-from app.llm.client import CallOptions, ModelClient, ModelError
+from app.jobs.throttle import Throttle
+from app.llm.client import CallOptions, ModelAnswer, ModelClient, ModelError
 from app.scoring import Scorer, ScorerOptionsError, ScoringError, build_scorer
 from app.store import evaluations as evaluation_store
 from app.store import run_locks
@@ -49,6 +56,7 @@ class JobContext:
     redis_prefix: str
     model_client: ModelClient
     database_url: str
+    rate_limit_max_wait_s: float = 600.0
 
 
 async def run_evaluation(job: JobContext, evaluation_id: int, attempt: int) -> str:
@@ -178,6 +186,7 @@ class _Run:
         self.results: asyncio.Queue[NewResult | None] = asyncio.Queue(
             WRITE_BATCH_MAX * 2)
         self.stopping = asyncio.Event()
+        self.throttle = Throttle(evaluation.concurrency)
         self.callers: list[asyncio.Task[None]] = []
         self.fatal_error: str | None = None
         self.stopped_by: str | None = None
@@ -200,19 +209,18 @@ class _Run:
 
     def stop(self, *, fatal_error: str | None = None,
              stopped_by: str | None = None) -> None:
-        """Start no new model call. A fatal error or a lost lock also abandons
-        the calls in flight: their answers are useless, or another worker may
-        already be asking the model the same questions."""
+        """Start no new model call and abandon the calls in flight; results
+        already handed to the writer are still stored if the evaluation is
+        running (a fatal error), and dropped if it is not (a cancel)."""
         if fatal_error is not None and self.fatal_error is None:
             self.fatal_error = fatal_error
-        if stopped_by is not None:
+        if stopped_by is not None and self.stopped_by is None:
             self.stopped_by = stopped_by
         self.stopping.set()
-        if fatal_error is not None or stopped_by == "LOCK_LOST":
-            current = asyncio.current_task()
-            for caller in self.callers:
-                if caller is not current:
-                    caller.cancel()
+        current = asyncio.current_task()
+        for caller in self.callers:
+            if caller is not current:
+                caller.cancel()
 
     async def _feed_cases(self) -> None:
         after_position = -1
@@ -269,15 +277,14 @@ class _Run:
             return _failed(case, f"template_error: {exc}")
 
         try:
-            answer = await self.job.model_client.complete(prompt, self.options)
+            answer = await self._ask(prompt)
         except ModelError as exc:
             if exc.fatal:
                 self.stop(fatal_error=str(exc))
                 return None
-            return _failed(case, str(exc), exc.latency_ms)
+            return _failed(case, str(exc), exc.latency_ms, exc.output)
 
-        # PostgreSQL text cannot hold NUL; keep the rest of the answer.
-        output = answer.output.replace("\x00", "\ufffd")
+        output = answer.output
         try:
             score = self.scorer.score(output, case.expected_output)
         except ScoringError as exc:
@@ -289,6 +296,40 @@ class _Run:
             prompt_tokens=answer.prompt_tokens,
             completion_tokens=answer.completion_tokens,
         )
+
+    async def _ask(self, prompt: str) -> ModelAnswer:
+        """The model's answer, asked again for as long as the endpoint merely
+        rate limits the run; any other failure raises its ModelError."""
+        while True:
+            async with self.throttle.slot():
+                try:
+                    answer = await self.job.model_client.complete(prompt,
+                                                                  self.options)
+                except ModelError as exc:
+                    if exc.kind != "rate_limited":
+                        raise
+                    limited = exc
+                else:
+                    self.throttle.answered()
+                    return answer
+            await self._hold_off(limited)
+
+    async def _hold_off(self, limited: ModelError) -> None:
+        waited_s = self.throttle.limited_for_s()
+        if waited_s > self.job.rate_limit_max_wait_s:
+            raise ModelError(
+                "rate_limited", f"the model endpoint rate limited every call for"
+                f" {waited_s:.0f}s", fatal=True)
+        pause_s = self.throttle.rate_limited(limited.retry_after_s)
+        if pause_s is None:
+            return
+        log.warning("evaluation %s is rate limited by the model endpoint: holding"
+                    " off %.1fs, then %d call(s) at a time", self.evaluation.id,
+                    pause_s, self.throttle.limit)
+        event = await evaluation_store.record_rate_limit(
+            self.job.pool, self.evaluation.id, pause_s)
+        if event is not None:
+            await events.publish(self.job.redis, self.job.redis_prefix, [event])
 
     async def _write_results(self) -> None:
         done = False

@@ -40,7 +40,8 @@ def build_worker(settings: Settings, *, max_evaluations: int = 4,
         ctx["job"] = JobContext(
             pool=pool, redis=aioredis.from_url(settings.redis_url),
             redis_prefix=settings.redis_prefix, model_client=model_client,
-            database_url=settings.database_url)
+            database_url=settings.database_url,
+            rate_limit_max_wait_s=settings.rate_limit_max_wait_s)
         ctx["sweeper"] = asyncio.create_task(recovery.sweep_forever(
             pool, ctx["redis"], settings.database_url, settings.redis_prefix,
             settings.recovery_interval_s), name="recovery-sweep")

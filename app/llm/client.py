@@ -4,16 +4,29 @@ This is the one boundary where the openai client's exceptions are turned into
 Assay's own: a `ModelError` whose `kind` says what went wrong for the result,
 and `fatal` marks failures that no other case would survive either (rejected
 credentials, an unknown model), so the run stops instead of burning through
-every case.
+every case. An answer that is not a usable completion (a body that is not
+JSON, no choices, a refusal, a content filter) is an error too, never an
+empty answer that would be scored as a wrong one.
+
+The openai client retries what is worth retrying (429, 5xx, resets,
+timeouts) with jittered backoff, honouring Retry-After up to two minutes;
+`max_retries` bounds it. Each attempt is bounded by `timeout_s` between
+bytes, and the whole call by a deadline, so a server that trickles an answer
+cannot hold a case forever either.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import email.utils
 import logging
+import math
+import re
 import time
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from app.settings import Settings
 
@@ -22,6 +35,12 @@ log = logging.getLogger(__name__)
 # The simulator and most local servers take any key; the openai client refuses
 # to start without one.
 _PLACEHOLDER_API_KEY = "not-needed"
+
+# The openai client's own longest backoff between two attempts, in seconds.
+_MAX_BACKOFF_S = 8.0
+# Characters PostgreSQL text cannot hold: NUL, and halves of surrogate pairs
+# that a JSON body can smuggle in as escapes.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,11 +55,16 @@ class ModelError(Exception):
     """A model call failed after the client's own retries."""
 
     def __init__(self, kind: str, message: str, *, fatal: bool = False,
-                 latency_ms: int | None = None) -> None:
+                 latency_ms: int | None = None, retry_after_s: float | None = None,
+                 output: str | None = None) -> None:
         super().__init__(f"{kind}: {message}")
         self.kind = kind
         self.fatal = fatal
         self.latency_ms = latency_ms
+        # What the endpoint asked for on a 429, if it said.
+        self.retry_after_s = retry_after_s
+        # Text the model did send with a failed answer (a refusal, say).
+        self.output = output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +85,8 @@ class ModelClient:
             base_url=base_url, api_key=api_key or _PLACEHOLDER_API_KEY,
             timeout=timeout_s, max_retries=max_retries,
         )
+        self._deadline_s = (timeout_s * (max_retries + 1)
+                            + _MAX_BACKOFF_S * max_retries)
 
     @classmethod
     def from_settings(cls, settings: Settings, base_url: str) -> ModelClient:
@@ -84,25 +110,59 @@ class ModelClient:
 
         started = time.perf_counter()
         try:
-            completion = await self._client.chat.completions.create(
-                model=options.model, messages=messages, **extra)
+            async with asyncio.timeout(self._deadline_s):
+                completion = await self._client.chat.completions.create(
+                    model=options.model, messages=messages, **extra)
+        except TimeoutError:
+            raise ModelError("timeout", f"no answer within {self._deadline_s:g}s"
+                             " over all attempts",
+                             latency_ms=_elapsed_ms(started)) from None
         except openai.OpenAIError as exc:
             raise _model_error(exc, _elapsed_ms(started)) from exc
-        latency_ms = _elapsed_ms(started)
+        except ValueError as exc:
+            # A JSON body that does not parse, or does not fit the schema.
+            raise ModelError("invalid_response", "the answer was not a chat"
+                             f" completion ({type(exc).__name__})",
+                             latency_ms=_elapsed_ms(started)) from exc
+        return _answer(completion, _elapsed_ms(started))
 
-        if not completion.choices:
-            raise ModelError("invalid_response", "the answer had no choices",
-                             latency_ms=latency_ms)
-        output = completion.choices[0].message.content
-        if output is None:
-            raise ModelError("invalid_response", "the answer had no text content",
-                             latency_ms=latency_ms)
-        usage = completion.usage
-        return ModelAnswer(
-            output=output, latency_ms=latency_ms,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-        )
+
+def _answer(completion: object, latency_ms: int) -> ModelAnswer:
+    """The text of a completion, or the ModelError saying why there is none."""
+    if not isinstance(completion, ChatCompletion):
+        # The client hands back the raw text of a body that is not JSON.
+        raise ModelError("invalid_response", "the answer was not JSON",
+                         latency_ms=latency_ms)
+    if not completion.choices:
+        raise ModelError("invalid_response", "the answer had no choices",
+                         latency_ms=latency_ms)
+    choice = completion.choices[0]
+    message = choice.message
+    refusal = getattr(message, "refusal", None)
+    if refusal:
+        raise ModelError("refused", "the model refused to answer",
+                         latency_ms=latency_ms, output=storable(refusal))
+    if choice.finish_reason == "content_filter":
+        raise ModelError("content_filtered",
+                         "the endpoint's content filter withheld the answer",
+                         latency_ms=latency_ms,
+                         output=storable(message.content) if message.content
+                         else None)
+    if not isinstance(message.content, str):
+        raise ModelError("invalid_response", "the answer had no text content",
+                         latency_ms=latency_ms)
+    usage = completion.usage
+    return ModelAnswer(
+        output=storable(message.content), latency_ms=latency_ms,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+    )
+
+
+def storable(text: str) -> str:
+    """`text` with what PostgreSQL cannot store replaced by U+FFFD; the rest
+    of the answer is kept as it was."""
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def _elapsed_ms(started: float) -> int:
@@ -127,9 +187,31 @@ def _model_error(exc: openai.OpenAIError, latency_ms: int) -> ModelError:
                           fatal=True, latency_ms=latency_ms)
     if isinstance(exc, openai.RateLimitError):
         return ModelError("rate_limited", "still rate limited after retries (HTTP 429)",
-                          latency_ms=latency_ms)
+                          latency_ms=latency_ms,
+                          retry_after_s=_retry_after_s(exc.response))
     if isinstance(exc, openai.APIStatusError):
         kind = "upstream_error" if exc.status_code >= 500 else "bad_request"
         return ModelError(kind, f"the model endpoint answered HTTP {exc.status_code}",
                           latency_ms=latency_ms)
     return ModelError("invalid_response", type(exc).__name__, latency_ms=latency_ms)
+
+
+def _retry_after_s(response) -> float | None:
+    """Seconds asked for by a retry-after-ms or Retry-After header (a number
+    of seconds or an HTTP date), if either is usable."""
+    headers = response.headers
+    candidates = []
+    if (value := headers.get("retry-after-ms")) is not None:
+        candidates.append(lambda: float(value) / 1000)
+    if (value := headers.get("retry-after")) is not None:
+        candidates.append(lambda: float(value))
+        candidates.append(
+            lambda: email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    for seconds_of in candidates:
+        try:
+            seconds = seconds_of()
+        except (ValueError, TypeError, OverflowError):
+            continue
+        if math.isfinite(seconds):
+            return max(seconds, 0.0)
+    return None

@@ -21,12 +21,17 @@ class ProgressEventKind(enum.Enum):
         "STATUS_CHANGED", description="The evaluation moved to another status.")
     RESULT_ADDED = strawberry.enum_value(
         "RESULT_ADDED", description="A result was stored; it is in `result`.")
+    RATE_LIMITED = strawberry.enum_value(
+        "RATE_LIMITED", description=(
+            "The model endpoint is rate limiting the run: it holds off for"
+            " `waitSeconds` and calls fewer at a time, then goes on. The cases"
+            " held up are retried, not failed."))
 
 
 @strawberry.type(description=(
     "One step of an evaluation's progress. Every event carries the counters as"
     " they stand after it, so a client that keeps only the last event is up to"
-    " date. sequence grows by one per STATUS_CHANGED or RESULT_ADDED event of"
+    " date. sequence grows by one per event other than SNAPSHOT of"
     " that evaluation, starting at 1; a SNAPSHOT carries the sequence of the"
     " last event it includes (0 if none)."))
 class EvaluationProgressEvent:
@@ -44,6 +49,10 @@ class EvaluationProgressEvent:
         description="Mean score over scored results after the event.")
     result: EvaluationResult | None = strawberry.field(
         description="Set on RESULT_ADDED: the result stored.")
+    wait_seconds: float | None = strawberry.field(
+        default=None,
+        description="Set on RATE_LIMITED: how long the run holds off before"
+        " calling the model again.")
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot) -> EvaluationProgressEvent:
@@ -69,4 +78,5 @@ class EvaluationProgressEvent:
             completed_cases=event.completed_cases,
             failed_cases=event.failed_cases, score=event.score,
             result=EvaluationResult.from_row(event.result) if event.result else None,
+            wait_seconds=event.wait_seconds,
         )

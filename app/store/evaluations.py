@@ -178,6 +178,29 @@ async def change_status(
     return evaluation, event
 
 
+async def record_rate_limit(
+    pool: asyncpg.Pool, evaluation_id: int, wait_seconds: float
+) -> ProgressEventRow | None:
+    """Record that a running evaluation holds off on a rate limit; None if it
+    is no longer running."""
+    async with pool.acquire() as conn, conn.transaction():
+        record = await conn.fetchrow(
+            "UPDATE evaluations SET last_sequence = last_sequence + 1"
+            " WHERE id = $1 AND status = 'IN_PROGRESS'"
+            f" RETURNING {_EVALUATION_COLUMNS}",
+            evaluation_id)
+        if record is None:
+            return None
+        evaluation = from_record(EvaluationRow, record)
+        event = dataclasses.replace(
+            _event(evaluation, "RATE_LIMITED", evaluation.last_sequence,
+                   evaluation.completed_cases, evaluation.failed_cases,
+                   evaluation.score, None),
+            wait_seconds=wait_seconds)
+        await _insert_events(conn, [event])
+    return event
+
+
 async def store_results(
     pool: asyncpg.Pool, evaluation_id: int, results: Sequence[NewResult]
 ) -> tuple[str, list[ProgressEventRow]]:
@@ -280,14 +303,15 @@ async def _insert_events(
 ) -> None:
     await conn.execute(
         "INSERT INTO progress_events (evaluation_id, sequence, kind, status,"
-        "   completed_cases, failed_cases, score, result_id)"
+        "   completed_cases, failed_cases, score, result_id, wait_seconds)"
         " SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[],"
-        "   $5::int[], $6::int[], $7::float8[], $8::bigint[])",
+        "   $5::int[], $6::int[], $7::float8[], $8::bigint[], $9::float8[])",
         [e.evaluation_id for e in events], [e.sequence for e in events],
         [e.kind for e in events], [e.status for e in events],
         [e.completed_cases for e in events], [e.failed_cases for e in events],
         [e.score for e in events],
         [e.result.id if e.result else None for e in events],
+        [e.wait_seconds for e in events],
     )
 
 
@@ -297,7 +321,7 @@ async def events_after(
     """Recorded events with a sequence above `after_sequence`, in order."""
     records = await pool.fetch(
         "SELECT e.evaluation_id, e.sequence, e.kind, e.status, ev.total_cases,"
-        "   e.completed_cases, e.failed_cases, e.score,"
+        "   e.completed_cases, e.failed_cases, e.score, e.wait_seconds,"
         f"  {_PREFIXED_RESULT_COLUMNS}"
         " FROM progress_events e"
         " JOIN evaluations ev ON ev.id = e.evaluation_id"
@@ -314,7 +338,7 @@ async def events_after(
             evaluation_id=r["evaluation_id"], sequence=r["sequence"],
             kind=r["kind"], status=r["status"], total_cases=r["total_cases"],
             completed_cases=r["completed_cases"], failed_cases=r["failed_cases"],
-            score=r["score"], result=result,
+            score=r["score"], result=result, wait_seconds=r["wait_seconds"],
         ))
     return events
 

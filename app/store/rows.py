@@ -125,7 +125,8 @@ class CategoryScoreRow:
 
 @dataclasses.dataclass(frozen=True)
 class ProgressEventRow:
-    """A STATUS_CHANGED or RESULT_ADDED event, with counters as they stood."""
+    """A STATUS_CHANGED, RESULT_ADDED or RATE_LIMITED event, with counters as
+    they stood."""
 
     evaluation_id: int
     sequence: int
@@ -136,6 +137,7 @@ class ProgressEventRow:
     failed_cases: int
     score: float | None
     result: ResultRow | None
+    wait_seconds: float | None = None
 
     @property
     def is_terminal(self) -> bool:
