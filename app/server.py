@@ -28,6 +28,9 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
 
 from app.context import Context, Loaders, Services
 from app.errors import ApiError
@@ -97,8 +100,48 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         ])
 
 
+class _PingingTransportWSHandler(BaseGraphQLTransportWSHandler):
+    """graphql-transport-ws with pings from the server.
+
+    Strawberry sends none on this protocol (it does on graphql-ws), and a
+    proxy or client that drops silent sockets would end a subscription to a
+    slow run. The protocol lets either side ping; clients answer with pong.
+    """
+
+    _pinger: asyncio.Task[None] | None = None
+
+    async def handle_connection_init(self, message: Any) -> None:
+        await super().handle_connection_init(message)
+        if self.connection_acknowledged and self._pinger is None:
+            self._pinger = asyncio.create_task(self._ping_while_open())
+
+    async def _ping_while_open(self) -> None:
+        interval_s = self.view.keepalive_s
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.send_message({"type": "ping"})
+            except Exception:  # noqa: BLE001
+                # The socket is closing; handle() notices and cleans up.
+                return
+
+    async def shutdown(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pinger
+        await super().shutdown()
+
+
 class AssayGraphQL(GraphQL):
     """The GraphQL endpoint, with Assay's context on every operation."""
+
+    graphql_transport_ws_handler_class = _PingingTransportWSHandler
+
+    def __init__(self, schema: strawberry.Schema, *, keepalive_s: float) -> None:
+        # graphql-ws has its own keep-alive messages; Strawberry sends them.
+        super().__init__(schema, keep_alive=True, keep_alive_interval=keepalive_s)
+        self.keepalive_s = keepalive_s
 
     def decode_json(self, data: str | bytes) -> object:
         try:
@@ -211,7 +254,8 @@ def create_app(settings: Settings, *,
                 await arq.aclose()
             await pool.close()
 
-    graphql = AssayGraphQL(build_schema(settings))
+    graphql = AssayGraphQL(build_schema(settings),
+                           keepalive_s=settings.ws_keepalive_s)
     # A Route and a WebSocketRoute on the same path: a Mount would redirect
     # /graphql to /graphql/, which a websocket cannot follow.
     return Starlette(

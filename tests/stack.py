@@ -56,8 +56,10 @@ async def simulator(database_url: str, config: SimulatorConfig) -> AsyncIterator
 
 
 @contextlib.asynccontextmanager
-async def worker(settings: Settings) -> AsyncIterator[None]:
-    arq_worker = build_worker(settings, handle_signals=False)
+async def worker(settings: Settings, *,
+                 max_evaluations: int = 4) -> AsyncIterator[None]:
+    arq_worker = build_worker(settings, max_evaluations=max_evaluations,
+                              handle_signals=False)
     task = asyncio.create_task(arq_worker.async_run())
     try:
         yield
@@ -89,6 +91,7 @@ class Stack:
     settings: Settings
     url: str
     http: httpx2.AsyncClient
+    app: Any = None
 
     @property
     def graphql_url(self) -> str:
@@ -124,11 +127,13 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def running_stack(settings: Settings, *, with_worker: bool = True,
+                        max_evaluations: int = 4,
                         query_logger: Any = None) -> AsyncIterator[Stack]:
     async with contextlib.AsyncExitStack() as stack:
         app = create_app(settings, query_logger=query_logger)
         url = await stack.enter_async_context(serving(app))
         if with_worker:
-            await stack.enter_async_context(worker(settings))
+            await stack.enter_async_context(
+                worker(settings, max_evaluations=max_evaluations))
         http = await stack.enter_async_context(httpx2.AsyncClient(timeout=30))
-        yield Stack(settings=settings, url=url, http=http)
+        yield Stack(settings=settings, url=url, http=http, app=app)

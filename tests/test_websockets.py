@@ -1,0 +1,139 @@
+"""Websocket connections that stay up: pings on idle sockets, clean leaving,
+and one bad operation never taking the others down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+import websockets
+
+from tests.factories import arithmetic_cases, create_evaluation, create_test_set
+from tests.stack import running_stack
+from tests.test_progress import PROGRESS
+
+KEEPALIVE_S = 0.3
+_KEEPALIVE_MESSAGE = {"graphql-transport-ws": "ping", "graphql-ws": "ka"}
+
+
+@pytest.fixture
+async def idle_stack(settings, model_url):
+    """An API with no worker, so a queued evaluation stays silent."""
+    own = settings.replace(redis_prefix=settings.redis_prefix + "-ws",
+                           openai_base_url=model_url, ws_keepalive_s=KEEPALIVE_S)
+    async with running_stack(own, with_worker=False) as stack:
+        yield stack
+
+
+async def queued_evaluation(stack) -> str:
+    test_set = await create_test_set(stack, arithmetic_cases(3))
+    return (await create_evaluation(stack, test_set["id"]))["id"]
+
+
+async def connect(stack, protocol: str):
+    ws = await websockets.connect(stack.ws_url, subprotocols=[protocol])
+    await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+    while json.loads(await ws.recv())["type"] != "connection_ack":
+        pass
+    return ws
+
+
+def start_message(protocol: str, operation_id: str, query: str,
+                  **variables) -> str:
+    kind = "subscribe" if protocol == "graphql-transport-ws" else "start"
+    return json.dumps({"id": operation_id, "type": kind,
+                       "payload": {"query": query, "variables": variables}})
+
+
+async def messages_for(ws, seconds: float) -> list[dict]:
+    received = []
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(seconds):
+            while True:
+                received.append(json.loads(await ws.recv()))
+    return received
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_an_idle_subscription_gets_keepalive_messages(idle_stack, protocol):
+    evaluation_id = await queued_evaluation(idle_stack)
+    ws = await connect(idle_stack, protocol)
+    try:
+        await ws.send(start_message(protocol, "1", PROGRESS, id=evaluation_id))
+        received = await messages_for(ws, 5 * KEEPALIVE_S)
+        if protocol == "graphql-transport-ws":
+            await ws.send(json.dumps({"type": "pong"}))
+            # The socket is still in use after the client's pong.
+            later = await messages_for(ws, 2.5 * KEEPALIVE_S)
+        else:
+            later = []
+    finally:
+        await ws.close()
+
+    kinds = [m["type"] for m in received]
+    assert kinds.count(_KEEPALIVE_MESSAGE[protocol]) >= 3
+    assert [m["payload"]["data"]["evaluationProgress"]["kind"]
+            for m in received if m.get("id") == "1"] == ["SNAPSHOT"]
+    if protocol == "graphql-transport-ws":
+        assert [m["type"] for m in later].count("ping") >= 1
+
+
+async def test_clients_that_vanish_mid_run_release_everything_quietly(
+        idle_stack, caplog):
+    hub = idle_stack.app.state.services.hub
+    pool = idle_stack.app.state.services.pool
+    evaluation_id = await queued_evaluation(idle_stack)
+    tasks_before = len(asyncio.all_tasks())
+
+    sockets = []
+    for _ in range(5):
+        ws = await connect(idle_stack, "graphql-transport-ws")
+        await ws.send(start_message("graphql-transport-ws", "1", PROGRESS,
+                                    id=evaluation_id))
+        json.loads(await ws.recv())  # the snapshot: the listener is in place
+        sockets.append(ws)
+    following = sum(len(v) for v in hub._listeners.values())
+
+    with caplog.at_level(logging.WARNING):
+        for ws in sockets:
+            ws.transport.abort()  # no close frame: the client just vanishes
+        async with asyncio.timeout(5):
+            while hub._listeners or len(asyncio.all_tasks()) > tasks_before:
+                await asyncio.sleep(0.05)
+
+    assert following == 5
+    assert pool.get_size() - pool.get_idle_size() == 0
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_an_error_in_one_operation_leaves_the_others_running(idle_stack):
+    protocol = "graphql-transport-ws"
+    evaluation_id = await queued_evaluation(idle_stack)
+    ws = await connect(idle_stack, protocol)
+    try:
+        await ws.send(start_message(protocol, "live", PROGRESS, id=evaluation_id))
+        await ws.send(start_message(protocol, "unknown", PROGRESS, id="ev_999999"))
+        await ws.send(start_message(protocol, "malformed", PROGRESS, id="nope"))
+        await ws.send(start_message(protocol, "broken", "subscription { nope }"))
+        received = await messages_for(ws, 1.0)
+
+        await idle_stack.query("mutation($id: ID!) { cancelEvaluation(id: $id) {"
+                               " status } }", id=evaluation_id)
+        after_cancel = await messages_for(ws, 1.5)
+    finally:
+        await ws.close()
+
+    by_id: dict[str, list[dict]] = {}
+    for message in received + after_cancel:
+        by_id.setdefault(message.get("id"), []).append(message)
+    for failed in ("unknown", "malformed", "broken"):
+        first = by_id[failed][0]
+        errors = (first["payload"] if first["type"] == "error"
+                  else first["payload"]["errors"])
+        assert errors[0]["extensions"]["code"] in {"NOT_FOUND", "BAD_USER_INPUT"}
+    live = by_id["live"]
+    assert live[0]["payload"]["data"]["evaluationProgress"]["kind"] == "SNAPSHOT"
+    assert live[-2]["payload"]["data"]["evaluationProgress"]["status"] == "CANCELLED"
+    assert live[-1]["type"] == "complete"
