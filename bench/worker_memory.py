@@ -54,7 +54,7 @@ async def run_once(size: int, base_env: dict[str, str], settings: Settings) -> N
     port = free_port()
     env = {**base_env, "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1"}
     pool = await db.create_pool(settings)
-    test_set = await test_set_store.create_test_set(
+    test_set, _ = await test_set_store.create_test_set(
         pool, f"bench {size} {uuid.uuid4().hex[:6]}", None, [],
         [NewTestCase(input={"question": f"What is {i} plus {i + 1}?"},
                      expected_output=str(2 * i + 1),

@@ -151,8 +151,10 @@ $$;
 
 -- A client that retries a create sends the same idempotency key; the key
 -- remembers what it created (and a digest of the request, so the same key
--- with a different request is refused). Keys go with what they created, and
--- expired ones are deleted by the workers' recovery sweep.
+-- with a different request is refused). A request claims its key before it
+-- creates anything and fills in what it created in the same transaction, so
+-- a committed row always names its object. Keys go with what they created,
+-- and expired ones are deleted by the workers' recovery sweep.
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     operation      text NOT NULL CHECK (operation IN ('createTestSet',
                                                       'createEvaluation')),
@@ -162,7 +164,7 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     evaluation_id  bigint REFERENCES evaluations (id) ON DELETE CASCADE,
     created_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (operation, key),
-    CHECK ((test_set_id IS NULL) <> (evaluation_id IS NULL))
+    CHECK (test_set_id IS NULL OR evaluation_id IS NULL)
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_created_idx
     ON idempotency_keys (created_at);

@@ -14,6 +14,7 @@ from app import events, ids, validation
 from app.context import Context
 from app.errors import ApiError, BadUserInput, Conflict, NotFound
 from app.jobs import queue
+from app.resolvers.idempotency import key_of
 from app.schema.common import (
     After,
     Connection,
@@ -72,11 +73,17 @@ class EvaluationMutations:
                                 input: NewEvaluationInput) -> Evaluation:
         context = info.context
         new = await _validated(context, input)
+        key = key_of("createEvaluation", input, context.settings)
 
-        row = await evaluation_store.create_evaluation(context.pool, new)
-        log.info("evaluation %s queued: test set %s, %d cases, model %s",
-                 row.id, row.test_set_id, row.total_cases, row.model)
-        await _enqueue(context, row.id, row.attempt)
+        row, created = await evaluation_store.create_evaluation(context.pool, new,
+                                                                key)
+        if created:
+            log.info("evaluation %s queued: test set %s, %d cases, model %s",
+                     row.id, row.test_set_id, row.total_cases, row.model)
+            await _enqueue(context, row.id, row.attempt)
+        else:
+            log.info("evaluation %s returned again for a repeated idempotency key",
+                     row.id)
         return Evaluation.from_row(row)
 
     @strawberry.mutation(description="Stops a QUEUED or IN_PROGRESS evaluation;"

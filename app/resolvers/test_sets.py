@@ -11,6 +11,7 @@ from strawberry.types import Info
 from app import ids, validation
 from app.context import Context
 from app.errors import BadUserInput, NotFound
+from app.resolvers.idempotency import key_of
 from app.schema.common import (
     After,
     Connection,
@@ -71,10 +72,16 @@ class TestSetMutations:
         description = validation.text(input.description, "input.description")
         categories = _categories(input)
         cases = _test_cases(input.test_cases or [], "input.testCases")
+        key = key_of("createTestSet", input, info.context.settings)
 
-        row = await test_set_store.create_test_set(
-            info.context.pool, name, description, categories, cases)
-        log.info("test set %s created: %r with %d cases", row.id, name, len(cases))
+        row, created = await test_set_store.create_test_set(
+            info.context.pool, name, description, categories, cases, key)
+        if created:
+            log.info("test set %s created: %r with %d cases", row.id, name,
+                     len(cases))
+        else:
+            log.info("test set %s returned again for a repeated idempotency key",
+                     row.id)
         return TestSet.from_row(row)
 
     @strawberry.mutation(description="Adds test cases after the last one of a"

@@ -38,6 +38,12 @@ class CreateTestSetInput:
     test_cases: list[TestCaseInput] | None = strawberry.field(
         default=None, description="Its test cases, in order"
         " (more can be added with appendTestCases).")
+    idempotency_key: str | None = strawberry.field(
+        default=None,
+        description="Chosen by the client to make retrying safe: a request with"
+        " a key used before (within ASSAY_IDEMPOTENCY_KEY_HOURS, 24 by default)"
+        " returns the test set the first one created instead of creating"
+        " another; one whose input differs is a CONFLICT. Up to 200 characters.")
 
 
 @strawberry.input(description="How answers are scored.")
@@ -68,3 +74,9 @@ class CreateEvaluationInput:
         default=None,
         description="How many model calls may be in flight at once for this"
         " evaluation (default 8).")
+    idempotency_key: str | None = strawberry.field(
+        default=None,
+        description="Chosen by the client to make retrying safe: a request with"
+        " a key used before (within ASSAY_IDEMPOTENCY_KEY_HOURS, 24 by default)"
+        " returns the evaluation the first one created and queues nothing"
+        " more; one whose input differs is a CONFLICT. Up to 200 characters.")

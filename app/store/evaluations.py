@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from app.errors import NotFound
+from app.store import idempotency
 from app.store.rows import (
     CategoryScoreRow,
     EvaluationRow,
@@ -47,18 +48,34 @@ class NewEvaluation:
     concurrency: int
 
 
-async def create_evaluation(pool: asyncpg.Pool, new: NewEvaluation) -> EvaluationRow:
-    """Store an evaluation as QUEUED over the test set's cases as they are now."""
-    try:
-        record = await _insert_evaluation(pool, new)
-    except asyncpg.ForeignKeyViolationError:
-        # The test set was deleted between the checks and this insert.
-        raise NotFound("input.testSetId: no test set with this id") from None
-    return from_record(EvaluationRow, record)
+async def create_evaluation(
+    pool: asyncpg.Pool, new: NewEvaluation,
+    key: idempotency.IdempotencyKey | None = None,
+) -> tuple[EvaluationRow, bool]:
+    """Store an evaluation as QUEUED over the test set's cases as they are now.
+
+    Returns it and whether it is new: with an idempotency key that an earlier
+    request already used, the earlier request's evaluation instead."""
+    async with pool.acquire() as conn, conn.transaction():
+        if key is not None:
+            earlier_id = await idempotency.claim(conn, key)
+            if earlier_id is not None:
+                return from_record(EvaluationRow, await conn.fetchrow(
+                    f"SELECT {_EVALUATION_COLUMNS} FROM evaluations WHERE id = $1",
+                    earlier_id)), False
+        try:
+            record = await _insert_evaluation(conn, new)
+        except asyncpg.ForeignKeyViolationError:
+            # The test set was deleted between the checks and this insert.
+            raise NotFound("input.testSetId: no test set with this id") from None
+        evaluation = from_record(EvaluationRow, record)
+        if key is not None:
+            await idempotency.remember(conn, key, evaluation_id=evaluation.id)
+    return evaluation, True
 
 
-async def _insert_evaluation(pool: asyncpg.Pool, new: NewEvaluation) -> Any:
-    return await pool.fetchrow(
+async def _insert_evaluation(conn: asyncpg.Connection, new: NewEvaluation) -> Any:
+    return await conn.fetchrow(
         "INSERT INTO evaluations (test_set_id, name, model, prompt_template,"
         "   system_prompt, temperature, max_tokens, scorer_type, scorer_options,"
         "   concurrency, total_cases)"

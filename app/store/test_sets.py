@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from app.errors import Conflict, NotFound
+from app.store import idempotency
 from app.store.rows import (
     CategoryRow,
     NewTestCase,
@@ -26,9 +27,19 @@ async def create_test_set(
     description: str | None,
     categories: Sequence[tuple[str, str | None]],
     test_cases: Sequence[NewTestCase],
-) -> TestSetRow:
-    """Store a test set with its categories and cases, all or nothing."""
+    key: idempotency.IdempotencyKey | None = None,
+) -> tuple[TestSetRow, bool]:
+    """Store a test set with its categories and cases, all or nothing.
+
+    Returns it and whether it is new: with an idempotency key that an earlier
+    request already used, the earlier request's test set instead."""
     async with pool.acquire() as conn, conn.transaction():
+        if key is not None:
+            earlier_id = await idempotency.claim(conn, key)
+            if earlier_id is not None:
+                return from_record(TestSetRow, await conn.fetchrow(
+                    "SELECT id, name, description, created_at FROM test_sets"
+                    " WHERE id = $1", earlier_id)), False
         try:
             record = await conn.fetchrow(
                 "INSERT INTO test_sets (name, description) VALUES ($1, $2)"
@@ -41,7 +52,9 @@ async def create_test_set(
 
         await _ensure_categories(conn, test_set.id, categories)
         await _insert_test_cases(conn, test_set.id, test_cases, first_position=0)
-    return test_set
+        if key is not None:
+            await idempotency.remember(conn, key, test_set_id=test_set.id)
+    return test_set, True
 
 
 async def append_test_cases(
