@@ -65,8 +65,15 @@ async def follow(
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
-                if event.is_terminal:
+                if event.is_terminal and await _is_latest(pool, event):
                     return
+
+
+async def _is_latest(pool: asyncpg.Pool, event: ProgressEventRow) -> bool:
+    """Whether nothing came after this event: an evaluation that was run
+    again has a finishing event in the middle of its history."""
+    evaluation = await evaluation_store.get_evaluation(pool, event.evaluation_id)
+    return evaluation is None or evaluation.last_sequence <= event.sequence
 
 
 async def _events_in_order(

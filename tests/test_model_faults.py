@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
+from tests.factories import create_evaluation, create_test_set
 from tests.fake_model import (
     Answer,
     Hang,
@@ -23,7 +22,6 @@ from tests.fake_model import (
     TooManyRequests,
     fake_model,
 )
-from tests.factories import create_evaluation, create_test_set
 from tests.stack import running_stack
 from tests.test_progress import assert_contiguous, subscribe
 

@@ -108,6 +108,35 @@ class EvaluationMutations:
         return Evaluation.from_row(row)
 
 
+    @strawberry.mutation(description=(
+        "Runs a FAILED or CANCELLED evaluation again as a new attempt: it is"
+        " QUEUED once more and runs the test cases that have no result yet;"
+        " results already stored are kept. Whatever became of the earlier"
+        " attempt's job, it cannot run alongside the new one. CONFLICT for an"
+        " evaluation that is queued, running or COMPLETED."))
+    async def rerun_evaluation(self, info: Info[Context, None],
+                               id: EvaluationId) -> Evaluation:
+        row_id = ids.decode(ids.Kind.EVALUATION, id, field="id")
+        context = info.context
+
+        queued = await evaluation_store.queue_again(context.pool, row_id)
+        if queued is None:
+            row = await evaluation_store.get_evaluation(context.pool, row_id)
+            if row is None:
+                raise NotFound("id: no evaluation with this id")
+            raise Conflict(f"id: the evaluation is {row.status}; only a FAILED or"
+                           " CANCELLED one can be run again")
+
+        row, event = queued
+        await events.publish(context.services.arq, context.settings.redis_prefix,
+                             [event])
+        log.info("evaluation %s queued again as attempt %s: %d of %d cases left",
+                 row_id, row.attempt, row.total_cases - row.completed_cases,
+                 row.total_cases)
+        await _enqueue(context, row.id, row.attempt)
+        return Evaluation.from_row(row)
+
+
 async def _validated(context: Context, input: CreateEvaluationInput) -> NewEvaluation:
     """Everything that can be checked before anything is stored."""
     test_set_id = ids.decode(ids.Kind.TEST_SET, input.test_set_id,

@@ -23,7 +23,9 @@ class ProgressSubscriptions:
         " A SNAPSHOT carries the sequence of the last event it includes. With"
         " afterSequence, the stream replays the events after that one instead of"
         " a SNAPSHOT, with no gap and no repeat: a client that reconnects passes"
-        " the last sequence it saw."))
+        " the last sequence it saw. Rate-limit pauses come as RATE_LIMITED"
+        " events. An evaluation run again with rerunEvaluation has a finishing"
+        " event mid-history; the stream ends only at the latest one."))
     async def evaluation_progress(
         self,
         info: Info[Context, None],

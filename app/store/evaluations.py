@@ -195,6 +195,31 @@ async def change_status(
     return evaluation, event
 
 
+async def queue_again(
+    pool: asyncpg.Pool, evaluation_id: int
+) -> tuple[EvaluationRow, ProgressEventRow] | None:
+    """Put a FAILED or CANCELLED evaluation back in the queue as a new attempt
+    and record the event; None if it is in neither status. Its results stay:
+    the new attempt runs only the cases that have none."""
+    async with pool.acquire() as conn, conn.transaction():
+        record = await conn.fetchrow(
+            "UPDATE evaluations SET status = 'QUEUED', attempt = attempt + 1,"
+            "   error = NULL, completed_at = NULL,"
+            "   last_sequence = last_sequence + 1"
+            " WHERE id = $1 AND status IN ('FAILED', 'CANCELLED')"
+            f" RETURNING {_EVALUATION_COLUMNS}",
+            evaluation_id,
+        )
+        if record is None:
+            return None
+        evaluation = from_record(EvaluationRow, record)
+        event = _event(evaluation, "STATUS_CHANGED", evaluation.last_sequence,
+                       evaluation.completed_cases, evaluation.failed_cases,
+                       evaluation.score, None)
+        await _insert_events(conn, [event])
+    return evaluation, event
+
+
 async def record_rate_limit(
     pool: asyncpg.Pool, evaluation_id: int, wait_seconds: float
 ) -> ProgressEventRow | None:

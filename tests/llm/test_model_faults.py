@@ -71,7 +71,8 @@ async def test_each_fault_is_a_model_error_of_its_own_kind(script, kind, fatal):
 
 
 async def test_a_refusal_keeps_what_the_model_said():
-    async with fake_model([("q", [Answer(content=None, refusal="No, sorry.")])]) as fake:
+    refusal = Answer(content=None, refusal="No, sorry.")
+    async with fake_model([("q", [refusal])]) as fake:
         with pytest.raises(ModelError) as raised:
             await ask(fake, "q")
 
