@@ -51,6 +51,8 @@ class Settings:
     max_query_depth: int = 12
     max_query_aliases: int = 30
     max_query_tokens: int = 5_000
+    max_page_size: int = 500
+    max_cases_per_request: int = 10_000
     # Pings on idle websockets, more often than proxies drop silent ones.
     ws_keepalive_s: float = 5.0
     # How long createTestSet/createEvaluation remember an idempotency key.
@@ -94,6 +96,9 @@ class Settings:
                                       minimum=1),
             max_query_tokens=_number(env, "ASSAY_MAX_QUERY_TOKENS", 5_000, int,
                                      minimum=100),
+            max_page_size=_number(env, "ASSAY_MAX_PAGE_SIZE", 500, int, minimum=1),
+            max_cases_per_request=_number(env, "ASSAY_MAX_CASES_PER_REQUEST", 10_000,
+                                          int, minimum=1),
             ws_keepalive_s=_number(env, "ASSAY_WS_KEEPALIVE_S", 5.0, float,
                                    minimum=0.5),
             idempotency_key_hours=_number(env, "ASSAY_IDEMPOTENCY_KEY_HOURS", 24.0,

@@ -124,3 +124,43 @@ async def test_a_query_over_the_subscription_only_protocol_says_so(stack):
     errors = message["payload"].get("errors") or [message["payload"]]
     assert errors[0]["extensions"]["code"] == "BAD_USER_INPUT"
     assert "graphql-transport-ws" in errors[0]["message"]
+
+
+async def test_page_and_request_limits_follow_their_settings(settings, model_url):
+    from tests.stack import running_stack
+
+    tight = settings.replace(redis_prefix=settings.redis_prefix + "-limits",
+                             openai_base_url=model_url, max_page_size=5,
+                             max_cases_per_request=3)
+    async with running_stack(tight, with_worker=False) as stack:
+        with pytest.raises(GraphQLError) as page:
+            await stack.query("{ testSets(first: 6) { totalCount } }")
+        with pytest.raises(GraphQLError) as cases:
+            await create_test_set(stack, arithmetic_cases(4))
+        default_page = await stack.query(
+            "{ testSets { edges { node { id } } } }")
+
+    assert page.value.code == "BAD_USER_INPUT"
+    assert page.value.message == "first: must be between 0 and 5, got 6"
+    assert cases.value.code == "BAD_USER_INPUT"
+    assert cases.value.message.startswith("input.testCases: 4 test cases in one"
+                                          " request; at most 3")
+    assert len(default_page["testSets"]["edges"]) <= 5
+
+
+def test_every_limit_is_a_setting_read_from_the_environment():
+    from app.settings import Settings
+
+    settings = Settings.from_env({
+        "ASSAY_MAX_PAGE_SIZE": "20", "ASSAY_MAX_CASES_PER_REQUEST": "100",
+        "ASSAY_MAX_REQUEST_BYTES": "2048", "ASSAY_MAX_QUERY_DEPTH": "5",
+        "ASSAY_MAX_QUERY_ALIASES": "3", "ASSAY_MAX_QUERY_TOKENS": "200",
+        "ASSAY_WS_KEEPALIVE_S": "2.5", "ASSAY_IDEMPOTENCY_KEY_HOURS": "1",
+        "ASSAY_RATE_LIMIT_MAX_WAIT_S": "30"})
+
+    assert (settings.max_page_size, settings.max_cases_per_request,
+            settings.max_request_bytes, settings.max_query_depth,
+            settings.max_query_aliases, settings.max_query_tokens,
+            settings.ws_keepalive_s, settings.idempotency_key_hours,
+            settings.rate_limit_max_wait_s) == (20, 100, 2048, 5, 3, 200, 2.5,
+                                                1.0, 30.0)

@@ -236,7 +236,7 @@ async def _evaluation_page(
     test_set_id: int | None = None,
 ) -> Connection[Evaluation]:
     """A page of evaluations, newest first."""
-    limit = page_size(first)
+    limit = page_size(first, context.settings.max_page_size)
     before_id = ids.decode_cursor(after, maximum=ids.MAX_ROW_ID)
 
     rows = await evaluation_store.list_evaluations(

@@ -31,11 +31,6 @@ TestSetId = Annotated[strawberry.ID, strawberry.argument(
 NewTestSet = Annotated[CreateTestSetInput, strawberry.argument(
     description="The test set to store.")]
 
-# How many test cases one request may carry; larger sets are sent in batches
-# with appendTestCases (as `assay import` does).
-MAX_CASES_PER_REQUEST = 10_000
-
-
 @strawberry.type
 class TestSetQueries:
     @strawberry.field(description="All test sets, newest first.")
@@ -45,7 +40,7 @@ class TestSetQueries:
         first: First = None,
         after: After = None,
     ) -> Connection[TestSet]:
-        limit = page_size(first)
+        limit = page_size(first, info.context.settings.max_page_size)
         before_id = ids.decode_cursor(after, maximum=ids.MAX_ROW_ID)
 
         pool = info.context.pool
@@ -71,7 +66,8 @@ class TestSetMutations:
                                max_length=validation.MAX_NAME_LENGTH)
         description = validation.text(input.description, "input.description")
         categories = _categories(input)
-        cases = _test_cases(input.test_cases or [], "input.testCases")
+        cases = _test_cases(input.test_cases or [], "input.testCases",
+                            info.context.settings.max_cases_per_request)
         key = key_of("createTestSet", input, info.context.settings)
 
         row, created = await test_set_store.create_test_set(
@@ -94,7 +90,8 @@ class TestSetMutations:
             description="The cases to add, in order.")],
     ) -> TestSet:
         row_id = ids.decode(ids.Kind.TEST_SET, test_set_id, field="testSetId")
-        cases = _test_cases(test_cases, "testCases")
+        cases = _test_cases(test_cases, "testCases",
+                            info.context.settings.max_cases_per_request)
 
         row = await test_set_store.append_test_cases(info.context.pool, row_id, cases)
         log.info("test set %s: %d cases appended", row_id, len(cases))
@@ -126,11 +123,14 @@ def _categories(input: CreateTestSetInput) -> list[tuple[str, str | None]]:
     return categories
 
 
-def _test_cases(given: list[TestCaseInput], path: str) -> list[NewTestCase]:
-    if len(given) > MAX_CASES_PER_REQUEST:
+def _test_cases(given: list[TestCaseInput], path: str,
+                maximum: int) -> list[NewTestCase]:
+    # Larger sets are sent in batches with appendTestCases, as `assay import`
+    # does.
+    if len(given) > maximum:
         raise BadUserInput(
             f"{path}: {len(given)} test cases in one request; at most"
-            f" {MAX_CASES_PER_REQUEST} (send more with appendTestCases)")
+            f" {maximum} (send more with appendTestCases)")
     cases = []
     for index, case in enumerate(given):
         case_path = f"{path}[{index}]"

@@ -14,11 +14,11 @@ Node = TypeVar("Node")
 Row = TypeVar("Row")
 
 DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 
 # The arguments every paged field takes.
 First = Annotated[int | None, strawberry.argument(
-    description=f"Page size (default {DEFAULT_PAGE_SIZE}, at most {MAX_PAGE_SIZE}).")]
+    description=f"Page size (default {DEFAULT_PAGE_SIZE}; at most"
+    " ASSAY_MAX_PAGE_SIZE, 500 unless the server sets another).")]
 After = Annotated[str | None, strawberry.argument(
     description="Cursor of the item after which the page starts.")]
 
@@ -46,12 +46,12 @@ class Connection(Generic[Node]):
         description="How many items the whole list holds, with the same filters.")
 
 
-def page_size(first: int | None) -> int:
+def page_size(first: int | None, maximum: int) -> int:
     """The validated `first` argument; how many items a page may hold."""
     if first is None:
-        return DEFAULT_PAGE_SIZE
-    if first < 0 or first > MAX_PAGE_SIZE:
-        raise BadUserInput(f"first: must be between 0 and {MAX_PAGE_SIZE}, got {first}")
+        return min(DEFAULT_PAGE_SIZE, maximum)
+    if first < 0 or first > maximum:
+        raise BadUserInput(f"first: must be between 0 and {maximum}, got {first}")
     return first
 
 

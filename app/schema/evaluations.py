@@ -207,7 +207,7 @@ class Evaluation:
         category_id: Annotated[strawberry.ID | None, strawberry.argument(
             description="Only the results of this category's cases.")] = None,
     ) -> Connection[EvaluationResult]:
-        limit = page_size(first)
+        limit = page_size(first, info.context.settings.max_page_size)
         after_position = ids.decode_cursor(after)
         category = (None if category_id is None else
                     ids.decode(ids.Kind.CATEGORY, category_id, field="categoryId"))

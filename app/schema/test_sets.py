@@ -100,7 +100,7 @@ class TestSet:
         category_id: Annotated[strawberry.ID | None, strawberry.argument(
             description="Only the cases of this category.")] = None,
     ) -> Connection[TestCase]:
-        limit = page_size(first)
+        limit = page_size(first, info.context.settings.max_page_size)
         after_position = ids.decode_cursor(after)
         category = (None if category_id is None else
                     ids.decode(ids.Kind.CATEGORY, category_id, field="categoryId"))
@@ -119,7 +119,7 @@ class TestSet:
     ) -> Connection[EvaluationType]:
         from app.schema.evaluations import Evaluation
 
-        limit = page_size(first)
+        limit = page_size(first, info.context.settings.max_page_size)
         before_id = ids.decode_cursor(after, maximum=ids.MAX_ROW_ID)
         rows, total = await info.context.loaders.evaluation_page_of_test_set.load(
             (self.row_id, limit + 1, before_id))
