@@ -64,6 +64,12 @@ async def worker(settings: Settings, *,
     try:
         yield
     finally:
+        # A test may end the moment a run is recorded as finished, while its
+        # job is still releasing its lock: let running jobs end first.
+        for _ in range(100):
+            if all(job.done() for job in arq_worker.tasks.values()):
+                break
+            await asyncio.sleep(0.05)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

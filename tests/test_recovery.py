@@ -70,6 +70,12 @@ async def start_run(stack, num_cases: int) -> str:
     return (await create_evaluation(stack, test_set["id"], concurrency=2))["id"]
 
 
+async def completed_cases(stack, evaluation_id: str) -> int:
+    data = await stack.query("query($id: ID!) { evaluation(id: $id) {"
+                             " completedCases } }", id=evaluation_id)
+    return data["evaluation"]["completedCases"]
+
+
 async def wait_for_progress(stack, evaluation_id: str, at_least: int) -> None:
     for _ in range(600):
         data = await stack.query("query($id: ID!) { evaluation(id: $id) {"
@@ -121,9 +127,11 @@ async def test_many_graceful_restarts_do_not_use_up_a_run(settings, pool,
     own = settings.replace(redis_prefix=settings.redis_prefix + "-restarts")
     async with running_stack(own, with_worker=False) as stack:
         evaluation_id = await start_run(stack, 120)
-        for restart in range(7):
+        for _ in range(7):
+            done = await completed_cases(stack, evaluation_id)
             with worker_process(own, slow_model) as worker:
-                await wait_for_progress(stack, evaluation_id, 5 * (restart + 1))
+                # New results mean this worker is up and running the job.
+                await wait_for_progress(stack, evaluation_id, done + 3)
                 worker.send_signal(signal.SIGTERM)
                 assert worker.wait(timeout=30) == 0
         with worker_process(own, slow_model):
