@@ -95,11 +95,14 @@ class ApiError(Exception):
 
 
 class _Refused(ApiError):
-    """The API answered a mutation with an error: its message and code."""
+    """The API answered a mutation with an error: its message and code, and
+    whether it refused the request for its size alone (HTTP 413)."""
 
-    def __init__(self, field: str, message: str, code: str | None) -> None:
+    def __init__(self, field: str, message: str, code: str | None,
+                 too_large: bool = False) -> None:
         self.message = message
         self.code = code
+        self.too_large = too_large
         described = f"{message} [{code}]" if code else message
         super().__init__(f"{field} failed: {described}")
 
@@ -299,7 +302,8 @@ class _AssayApi:
         body = _json_or_none(response)
         errors = body.get("errors") if isinstance(body, dict) else None
         if errors:
-            raise _Refused(field, *_message_and_code(errors[0]))
+            raise _Refused(field, *_message_and_code(errors[0]),
+                           too_large=response.status_code == 413)
         data = body.get("data") if isinstance(body, dict) else None
         if (response.status_code != 200 or not isinstance(data, dict)
                 or data.get(field) is None):
@@ -392,7 +396,20 @@ async def _send(api: _AssayApi, source: _Source, name: str,
 def _at_source_line(error: _Refused, path: Path, lines: list[int]) -> Exception:
     """The API names a refused test case by its index in the batch, which means
     nothing to the user; name the line of the file it came from instead.
-    `lines` holds the source line of each test case of the batch."""
+    `lines` holds the source line of each test case of the batch.
+
+    A batch refused for its size names no test case; name the lines it held,
+    so that the user can find a test case too large to send at all.
+    """
+    if error.too_large:
+        if len(lines) == 1:
+            return ImportFileError(
+                path, lines[0], "this test case alone makes a request larger "
+                f"than the API accepts ({error.message})")
+        return ImportFileError(
+            path, lines[0], f"the test cases on lines {lines[0]}-{lines[-1]} "
+            f"make a request larger than the API accepts ({error.message}); "
+            "a smaller --batch-size sends fewer at a time")
     match = _TEST_CASE_PATH.fullmatch(error.message)
     if match is None or int(match[1]) >= len(lines):
         return error

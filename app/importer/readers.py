@@ -588,7 +588,14 @@ def _header_names(path: Path | str, line: int, row: list[str]) -> list[str]:
     # index) gets the name it would have without a header.
     names = [name or f"column{number}" for number, name in enumerate(row, start=1)]
     seen: set[str] = set()
-    for name in names:
+    for number, name in enumerate(names, start=1):
+        # The API would refuse the name as a key of every test case's input,
+        # and the first record's line would be blamed for the header's fault.
+        if "\x00" in name:
+            raise ImportFileError(
+                path, line, f"the header's column {number} ({name!r}) contains "
+                "a NUL character, which cannot be stored (a file saved as "
+                "UTF-16 rather than UTF-8 has them everywhere)")
         if name in seen:
             raise ImportFileError(
                 path, line, f"the header names the column {name!r} twice")

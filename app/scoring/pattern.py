@@ -19,6 +19,7 @@ in a child process it can stop after a time limit.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -84,17 +85,26 @@ def compile_pattern(pattern: str, flags: int = 0) -> re.Pattern[str]:
         )
 
     try:
-        regex = re.compile(pattern, flags)
-        nested = _has_nested_repeat(sre_parser.parse(pattern, flags), False)
+        with warnings.catch_warnings():
+            # `re` warns (FutureWarning) about `[[` or `--` in a set, whose
+            # meaning may change in a later Python; the pattern works today.
+            warnings.simplefilter("ignore", FutureWarning)
+            regex = re.compile(pattern, flags)
+            nested = _has_nested_repeat(sre_parser.parse(pattern, flags), False)
     except re.error as error:
+        where = f" at position {error.pos}" if error.pos is not None else ""
         raise ScorerOptionsError(
             "options.pattern",
-            f"is not a valid regular expression: {error.msg} at position "
-            f"{error.pos}",
+            f"is not a valid regular expression: {error.msg}{where}",
         ) from None
-    except (RecursionError, OverflowError):
+    except RecursionError:
         raise ScorerOptionsError(
             "options.pattern", "is nested too deeply to compile"
+        ) from None
+    except OverflowError:
+        raise ScorerOptionsError(
+            "options.pattern",
+            "holds a number too large to compile (a repeat count, say)",
         ) from None
 
     if nested:
