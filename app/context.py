@@ -3,13 +3,16 @@
 Each loader answers one "things by key" question with one SQL statement per
 batch, so a list of a hundred evaluations costs the same few queries as one.
 Loaders do not cache: a websocket connection lives for hours and shares one
-context, and evaluations change under it all the time.
+context, and evaluations change under it all the time. Test cases are the
+exception (SharedTestCases): they never change, and every progress event
+that selects its result's test case would otherwise cost a query.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -36,6 +39,52 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
+class SharedTestCases:
+    """Test cases by id, shared by every request and subscription of a process.
+
+    A test case never changes once stored: it is only deleted, with its test
+    set and every result that points at it. So unlike anything else it can be
+    kept across requests, and a hundred subscribers of one run that each
+    select `result { testCase }` cost one query per case instead of one per
+    event each. At most `max_size` are kept (least recently used go first);
+    lookups that arrive together are fetched in one query, and a case being
+    fetched is waited for rather than fetched again.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, max_size: int = 50_000) -> None:
+        self.max_size = max_size
+        self._rows: OrderedDict[int, TestCaseRow] = OrderedDict()
+        self._fetching: dict[int, asyncio.Future[TestCaseRow | None]] = {}
+        self._loader = _by_id(pool, test_set_store.test_cases_by_ids)
+
+    async def load(self, test_case_id: int) -> TestCaseRow | None:
+        row = self._rows.get(test_case_id)
+        if row is not None:
+            self._rows.move_to_end(test_case_id)
+            return row
+        fetching = self._fetching.get(test_case_id)
+        if fetching is None:
+            fetching = asyncio.ensure_future(self._loader.load(test_case_id))
+            self._fetching[test_case_id] = fetching
+            fetching.add_done_callback(
+                lambda done: self._fetched(test_case_id, done))
+        # One waiter going away (a client leaving) must not cancel the fetch
+        # the others wait on.
+        return await asyncio.shield(fetching)
+
+    def _fetched(self, test_case_id: int,
+                 done: asyncio.Future[TestCaseRow | None]) -> None:
+        del self._fetching[test_case_id]
+        if done.cancelled() or done.exception() is not None:
+            return
+        row = done.result()
+        if row is None:
+            return
+        self._rows[test_case_id] = row
+        if len(self._rows) > self.max_size:
+            self._rows.popitem(last=False)
+
+
 @dataclasses.dataclass(frozen=True)
 class Services:
     """What the API process holds for its whole life (see app/server.py)."""
@@ -44,13 +93,14 @@ class Services:
     pool: asyncpg.Pool
     arq: ArqRedis
     hub: ProgressHub
+    test_cases: SharedTestCases
 
 
 class Loaders:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, test_cases: SharedTestCases) -> None:
         self.test_set = _by_id(pool, test_set_store.test_sets_by_ids)
         self.category = _by_id(pool, test_set_store.categories_by_ids)
-        self.test_case = _by_id(pool, test_set_store.test_cases_by_ids)
+        self.test_case = test_cases
         self.evaluation = _by_id(pool, evaluation_store.evaluations_by_ids)
         self.categories_of_test_set = _grouped(
             pool, test_set_store.categories_by_test_set_ids, "test_set_id")
@@ -79,7 +129,7 @@ class Loaders:
 
     test_set: DataLoader[int, TestSetRow | None]
     category: DataLoader[int, CategoryRow | None]
-    test_case: DataLoader[int, TestCaseRow | None]
+    test_case: SharedTestCases
     evaluation: DataLoader[int, EvaluationRow | None]
     categories_of_test_set: DataLoader[int, list[CategoryRow]]
     scores_of_evaluation: DataLoader[int, list[CategoryScoreRow]]

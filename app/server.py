@@ -32,7 +32,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
 
-from app.context import Context, Loaders, Services
+from app.context import Context, Loaders, Services, SharedTestCases
 from app.errors import ApiError
 from app.events import ProgressHub
 from app.jobs import queue
@@ -158,7 +158,7 @@ class AssayGraphQL(GraphQL):
                           response: Response | WebSocket) -> Context:
         services: Services = request.app.state.services
         return Context(services=services, request=request,
-                       loaders=Loaders(services.pool))
+                       loaders=Loaders(services.pool, services.test_cases))
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -243,6 +243,7 @@ def create_app(settings: Settings, *,
             hub = ProgressHub(settings.redis_url, settings.redis_prefix)
             await hub.start()
             app.state.services = Services(settings=settings, pool=pool, arq=arq,
+                                          test_cases=SharedTestCases(pool),
                                           hub=hub)
             log.info("API ready: database %s, Redis %s", settings.safe_database_url,
                      settings.safe_redis_url)

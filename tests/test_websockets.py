@@ -12,7 +12,7 @@ import websockets
 
 from tests.factories import arithmetic_cases, create_evaluation, create_test_set
 from tests.stack import running_stack
-from tests.test_progress import PROGRESS
+from tests.test_progress import PROGRESS, subscribe
 
 KEEPALIVE_S = 0.3
 _KEEPALIVE_MESSAGE = {"graphql-transport-ws": "ping", "graphql-ws": "ka"}
@@ -137,3 +137,32 @@ async def test_an_error_in_one_operation_leaves_the_others_running(idle_stack):
     assert live[0]["payload"]["data"]["evaluationProgress"]["kind"] == "SNAPSHOT"
     assert live[-2]["payload"]["data"]["evaluationProgress"]["status"] == "CANCELLED"
     assert live[-1]["type"] == "complete"
+
+
+async def test_subscribers_selecting_test_cases_share_one_lookup_per_case(
+        settings, model_url):
+    lookups: list[str] = []
+
+    def count(record) -> None:
+        if "FROM test_cases WHERE id = any" in record.query:
+            lookups.append(record.query)
+
+    own = settings.replace(redis_prefix=settings.redis_prefix + "-cases",
+                           openai_base_url=model_url)
+    async with running_stack(own, with_worker=False, query_logger=count) as api:
+        test_set = await create_test_set(api, arithmetic_cases(30))
+        evaluation_id = (await create_evaluation(api, test_set["id"]))["id"]
+        followers = [asyncio.create_task(subscribe(api, "graphql-transport-ws",
+                                                   evaluation_id, after=0))
+                     for _ in range(10)]
+        await asyncio.sleep(0.5)
+        async with running_stack(own):  # a worker, from now on
+            outcomes = await asyncio.gather(*followers)
+
+    for events, error in outcomes:
+        assert error is None
+        cases = [e["result"]["testCase"]["id"] for e in events
+                 if e["kind"] == "RESULT_ADDED"]
+        assert len(set(cases)) == 30
+    # Ten subscribers, thirty results: at most one lookup per case, not 300.
+    assert 1 <= len(lookups) <= 30
