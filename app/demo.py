@@ -196,7 +196,12 @@ class _Demo:
             await self.http.aclose()
         if self.children:
             names = [child.name for child in self.children]
-            await asyncio.gather(*(child.stop() for child in self.children))
+            # The worker first: stopping, it finishes the model calls in
+            # flight, which needs the simulator still answering.
+            workers = [child for child in self.children if child.name == "worker"]
+            await asyncio.gather(*(child.stop() for child in workers))
+            await asyncio.gather(*(child.stop() for child in self.children
+                                   if child not in workers))
             _say(f"Stopped the {', '.join(names[:-1])} and {names[-1]}."
                  if len(names) > 1 else f"Stopped the {names[0]}.")
             self.children = []

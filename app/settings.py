@@ -46,6 +46,8 @@ class Settings:
     db_pool_max_size: int = 10
     # How often each worker looks for unfinished evaluations nobody runs.
     recovery_interval_s: float = 15.0
+    # How long a worker told to stop lets its runs finish the calls in flight.
+    drain_s: float = 30.0
     # Bounds on one API request, so that no single request can stall the API.
     max_request_bytes: int = 10 * 1024 * 1024
     max_query_depth: int = 12
@@ -88,6 +90,7 @@ class Settings:
             db_pool_max_size=_number(env, "ASSAY_DB_POOL_SIZE", 10, int, minimum=2),
             recovery_interval_s=_number(env, "ASSAY_RECOVERY_INTERVAL_S", 15.0,
                                         float, minimum=0.1),
+            drain_s=_number(env, "ASSAY_WORKER_DRAIN_S", 30.0, float, minimum=0.0),
             max_request_bytes=_number(env, "ASSAY_MAX_REQUEST_BYTES",
                                       10 * 1024 * 1024, int, minimum=1024),
             max_query_depth=_number(env, "ASSAY_MAX_QUERY_DEPTH", 12, int,

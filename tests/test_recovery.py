@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
 
@@ -42,8 +42,9 @@ def start_worker(settings, model_url: str, log: IO[bytes] | None = None,
                             stderr=log or subprocess.DEVNULL)
 
 
-@contextlib.contextmanager
-def worker_process(settings, model_url: str) -> Iterator[subprocess.Popen]:
+@contextlib.asynccontextmanager
+async def worker_process(settings, model_url: str,
+                         ) -> AsyncIterator[subprocess.Popen]:
     """An `assay worker` process, stopped on leaving if a test has not. Its
     log is kept in the temporary folder (assay-test-workers/), to explain a
     failure."""
@@ -56,12 +57,23 @@ def worker_process(settings, model_url: str) -> Iterator[subprocess.Popen]:
     finally:
         if worker.poll() is None:
             worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+            # The worker drains its calls in flight, which the simulator in
+            # this process must be free to answer: wait without blocking.
+            if await exit_code(worker, timeout_s=60) is None:
                 worker.kill()
                 worker.wait()
         log.close()
+
+
+async def exit_code(process: subprocess.Popen, timeout_s: float) -> int | None:
+    """The process's exit code once it ends, or None if it is still running
+    after `timeout_s`; the event loop goes on meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None:
+        if time.monotonic() > deadline:
+            return None
+        await asyncio.sleep(0.05)
+    return process.returncode
 
 
 async def start_run(stack, num_cases: int) -> str:
@@ -106,11 +118,11 @@ async def test_a_worker_killed_mid_run_is_replaced_and_the_run_ends_exact(
     own = settings.replace(redis_prefix=settings.redis_prefix + "-kill")
     async with running_stack(own, with_worker=False) as stack:
         evaluation_id = await start_run(stack, 80)
-        with worker_process(own, slow_model) as first:
+        async with worker_process(own, slow_model) as first:
             await wait_for_progress(stack, evaluation_id, 10)
             first.send_signal(signal.SIGKILL)
-            first.wait(timeout=10)
-        with worker_process(own, slow_model):
+            assert await exit_code(first, timeout_s=10) is not None
+        async with worker_process(own, slow_model):
             evaluation = await stack.wait_for_status(evaluation_id, "COMPLETED",
                                                      timeout_s=120)
         events, _ = await subscribe(stack, "graphql-transport-ws", evaluation_id,
@@ -129,12 +141,12 @@ async def test_many_graceful_restarts_do_not_use_up_a_run(settings, pool,
         evaluation_id = await start_run(stack, 120)
         for _ in range(7):
             done = await completed_cases(stack, evaluation_id)
-            with worker_process(own, slow_model) as worker:
+            async with worker_process(own, slow_model) as worker:
                 # New results mean this worker is up and running the job.
                 await wait_for_progress(stack, evaluation_id, done + 3)
                 worker.send_signal(signal.SIGTERM)
-                assert worker.wait(timeout=30) == 0
-        with worker_process(own, slow_model):
+                assert await exit_code(worker, timeout_s=30) == 0
+        async with worker_process(own, slow_model):
             evaluation = await stack.wait_for_status(evaluation_id, "COMPLETED",
                                                      timeout_s=120)
 
@@ -181,7 +193,7 @@ async def test_a_redis_restart_mid_run_loses_and_doubles_nothing(settings, pool,
     try:
         async with running_stack(own, with_worker=False) as stack:
             evaluation_id = await start_run(stack, 100)
-            with worker_process(own, slow_model):
+            async with worker_process(own, slow_model):
                 await wait_for_progress(stack, evaluation_id, 10)
                 redis.terminate()
                 redis.wait(timeout=10)
@@ -214,7 +226,7 @@ async def test_losing_the_database_connections_mid_run_resumes_it(
     own = settings.replace(redis_prefix=settings.redis_prefix + "-pgkill")
     async with running_stack(own, with_worker=False) as stack:
         evaluation_id = await start_run(stack, 100)
-        with worker_process(own, slow_model):
+        async with worker_process(own, slow_model):
             await wait_for_progress(stack, evaluation_id, 10)
             killed = await pool.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"

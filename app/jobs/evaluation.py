@@ -14,7 +14,9 @@ instead of failing case after case.
 
 Stopping (a cancel, a fatal model error, a lost run lock) abandons the calls
 in flight: after a cancel their answers would be dropped anyway, and a slow
-model must not keep a cancelled run busy.
+model must not keep a cancelled run busy. A worker that is shutting down
+drains instead: no new call starts, the calls in flight finish and are
+stored, and the rest of the run is queued as a new attempt.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from typing import TypeVar
 
 import asyncpg
 import redis.asyncio as aioredis
+from arq.connections import ArqRedis
 
 from app import events
+from app.jobs import queue
 from app.jobs.throttle import Throttle
 from app.llm.client import CallOptions, ModelAnswer, ModelClient, ModelError
 from app.scoring import Scorer, ScorerOptionsError, ScoringError, build_scorer
@@ -57,6 +61,10 @@ class JobContext:
     model_client: ModelClient
     database_url: str
     rate_limit_max_wait_s: float = 600.0
+    # Where a drained run's next attempt is queued (the worker's arq pool).
+    arq: ArqRedis | None = None
+    # Set when the worker is shutting down: runs drain and hand themselves back.
+    draining: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
 async def run_evaluation(job: JobContext, evaluation_id: int, attempt: int) -> str:
@@ -134,6 +142,8 @@ async def _after_crash(job: JobContext, evaluation: EvaluationRow,
 
 async def _after_run(job: JobContext, evaluation: EvaluationRow, run: _Run) -> str:
     """Record how a run that returned normally ended; the status it ended in."""
+    if run.stopped_by == "DRAINING" and run.fatal_error is None:
+        return await _hand_back(job, evaluation)
     if run.stopped_by == "LOCK_LOST":
         log.warning("evaluation %s lost its run lock; it will be resumed",
                     evaluation.id)
@@ -147,6 +157,32 @@ async def _after_run(job: JobContext, evaluation: EvaluationRow, run: _Run) -> s
         current = await evaluation_store.evaluation_status(job.pool, evaluation.id)
         return current or "DELETED"
     return status
+
+
+async def _hand_back(job: JobContext, evaluation: EvaluationRow) -> str:
+    """The worker is shutting down: queue the rest of the run as a new
+    attempt, for another worker or this one once it is back."""
+    current = await evaluation_store.get_evaluation(job.pool, evaluation.id)
+    if current is None:
+        return "DELETED"
+    if current.is_finished:
+        return current.status
+    if current.completed_cases >= current.total_cases:
+        # The last answers came in while draining: nothing is left to hand on.
+        await _finish(job, evaluation, "COMPLETED", None)
+        return "COMPLETED"
+    new_attempt = await evaluation_store.next_attempt(job.pool, evaluation.id,
+                                                      evaluation.attempt)
+    if new_attempt is None:
+        return current.status
+    if job.arq is not None:
+        await queue.enqueue_evaluation(job.arq, job.redis_prefix, evaluation.id,
+                                       new_attempt)
+    # Without a queue at hand, the recovery sweep finds the new attempt.
+    log.info("evaluation %s handed back at %d of %d cases: attempt %s queued",
+             evaluation.id, current.completed_cases, current.total_cases,
+             new_attempt)
+    return "HANDED_BACK"
 
 
 async def _change_status(job: JobContext, evaluation: EvaluationRow, to_status: str,
@@ -196,6 +232,8 @@ class _Run:
         # once instead of waiting on a queue nobody empties.
         async with asyncio.TaskGroup() as group:
             watcher = group.create_task(self._watch_status(), name="watcher")
+            drain_watcher = group.create_task(self._watch_draining(),
+                                              name="drain-watcher")
             writer = group.create_task(self._write_results(), name="writer")
             self.callers = [
                 group.create_task(self._call_model(), name=f"caller-{i}")
@@ -206,17 +244,21 @@ class _Run:
             await self.results.put(None)
             await writer
             watcher.cancel()
+            drain_watcher.cancel()
 
     def stop(self, *, fatal_error: str | None = None,
-             stopped_by: str | None = None) -> None:
-        """Start no new model call and abandon the calls in flight; results
-        already handed to the writer are still stored if the evaluation is
-        running (a fatal error), and dropped if it is not (a cancel)."""
+             stopped_by: str | None = None, abandon_calls: bool = True) -> None:
+        """Start no new model call and, unless draining, abandon the calls in
+        flight; results handed to the writer are still stored if the
+        evaluation is running (a fatal error, a drain), and dropped if it is
+        not (a cancel)."""
         if fatal_error is not None and self.fatal_error is None:
             self.fatal_error = fatal_error
         if stopped_by is not None and self.stopped_by is None:
             self.stopped_by = stopped_by
         self.stopping.set()
+        if not abandon_calls:
+            return
         current = asyncio.current_task()
         for caller in self.callers:
             if caller is not current:
@@ -283,6 +325,8 @@ class _Run:
                 self.stop(fatal_error=str(exc))
                 return None
             return _failed(case, str(exc), exc.latency_ms, exc.output)
+        if answer is None:
+            return None  # stopping: the case is left to the next attempt
 
         output = answer.output
         try:
@@ -297,11 +341,14 @@ class _Run:
             completion_tokens=answer.completion_tokens,
         )
 
-    async def _ask(self, prompt: str) -> ModelAnswer:
+    async def _ask(self, prompt: str) -> ModelAnswer | None:
         """The model's answer, asked again for as long as the endpoint merely
-        rate limits the run; any other failure raises its ModelError."""
+        rate limits the run; any other failure raises its ModelError. None if
+        the run stops before the question could be put."""
         while True:
             async with self.throttle.slot():
+                if self.stopping.is_set():
+                    return None
                 try:
                     answer = await self.job.model_client.complete(prompt,
                                                                   self.options)
@@ -312,6 +359,8 @@ class _Run:
                 else:
                     self.throttle.answered()
                     return answer
+            if self.stopping.is_set():
+                return None
             await self._hold_off(limited)
 
     async def _hold_off(self, limited: ModelError) -> None:
@@ -349,6 +398,12 @@ class _Run:
         await events.publish(self.job.redis, self.job.redis_prefix, stored_events)
         if status != "IN_PROGRESS":
             self.stop(stopped_by=status)
+
+    async def _watch_draining(self) -> None:
+        await self.job.draining.wait()
+        log.info("evaluation %s: worker shutting down; finishing %d call(s) in"
+                 " flight", self.evaluation.id, self.throttle.in_flight)
+        self.stop(stopped_by="DRAINING", abandon_calls=False)
 
     async def _watch_status(self) -> None:
         # The writer notices a cancel on its next batch; this catches it while

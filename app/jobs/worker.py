@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+from signal import Signals
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -26,6 +27,29 @@ log = logging.getLogger(__name__)
 _RUN_TIMEOUT = datetime.timedelta(days=365)
 
 
+class _DrainingWorker(Worker):
+    """On SIGTERM or SIGINT, arq stops taking jobs and gives running ones
+    `job_completion_wait` seconds before cancelling them. An evaluation never
+    ends by itself that soon, so tell the runs to drain: finish the calls in
+    flight, store them and hand the rest back to the queue."""
+
+    def handle_sig_wait_for_completion(self, signum: Signals) -> None:
+        job: JobContext | None = self.ctx.get("job")
+        if job is not None:
+            log.info("worker stopping on %s: draining %d run(s), at most %.0fs",
+                     Signals(signum).name, len(self.tasks),
+                     self._job_completion_wait)
+            job.draining.set()
+        super().handle_sig_wait_for_completion(signum)
+
+    async def _sleep_until_tasks_complete(self) -> None:
+        # arq waits for its job list to empty, which only its poll loop does;
+        # a worker whose Redis is gone polls no more and would wait out the
+        # whole drain time for runs long finished.
+        while not all(task.done() for task in self.tasks.values()):
+            await asyncio.sleep(0.1)
+
+
 def build_worker(settings: Settings, *, max_evaluations: int = 4,
                  handle_signals: bool = True, burst: bool = False) -> Worker:
     """An arq worker for this deployment's queue; `await worker.async_run()`."""
@@ -41,7 +65,8 @@ def build_worker(settings: Settings, *, max_evaluations: int = 4,
             pool=pool, redis=aioredis.from_url(settings.redis_url),
             redis_prefix=settings.redis_prefix, model_client=model_client,
             database_url=settings.database_url,
-            rate_limit_max_wait_s=settings.rate_limit_max_wait_s)
+            rate_limit_max_wait_s=settings.rate_limit_max_wait_s,
+            arq=ctx["redis"])
         ctx["sweeper"] = asyncio.create_task(recovery.sweep_forever(
             pool, ctx["redis"], settings.database_url, settings.redis_prefix,
             settings.recovery_interval_s), name="recovery-sweep")
@@ -62,7 +87,7 @@ def build_worker(settings: Settings, *, max_evaluations: int = 4,
         await job.redis.aclose()
         await job.pool.close()
 
-    return Worker(
+    return _DrainingWorker(
         functions=[func(run, name=queue.RUN_EVALUATION, timeout=_RUN_TIMEOUT)],
         queue_name=queue.queue_name(settings.redis_prefix),
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
@@ -72,6 +97,9 @@ def build_worker(settings: Settings, *, max_evaluations: int = 4,
         job_timeout=_RUN_TIMEOUT,
         poll_delay=0.05,
         handle_signals=handle_signals,
+        # Past this, runs still draining are cancelled and arq hands their
+        # jobs back as they are; calls in flight then are asked again.
+        job_completion_wait=settings.drain_s,
         burst=burst,
         # arq counts every hand-back on SIGTERM as a try; a run resumes where
         # it stopped, so rolling restarts must not use up its tries.
