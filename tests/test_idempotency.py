@@ -154,3 +154,21 @@ async def test_unusable_keys_are_refused(stack, pool, key, problem):
     assert problem in raised.value.message
     assert await count(pool, "SELECT count(*) FROM test_sets WHERE name = $1",
                        name) == 0
+
+
+async def test_expired_keys_are_deleted_and_fresh_ones_kept(stack, pool):
+    from app.store import idempotency
+
+    old_key, fresh_key = unique("old"), unique("fresh")
+    for key in (old_key, fresh_key):
+        await stack.query(CREATE_TEST_SET, input=new_test_set(key, unique("kept")))
+    await pool.execute("UPDATE idempotency_keys SET created_at = now() - interval"
+                       " '25 hours' WHERE key = $1", old_key)
+
+    forgotten = await idempotency.delete_expired(pool, ttl_hours=24)
+    left = {r["key"] for r in await pool.fetch(
+        "SELECT key FROM idempotency_keys WHERE key = any($1::text[])",
+        [old_key, fresh_key])}
+
+    assert forgotten >= 1
+    assert left == {fresh_key}

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from app.jobs import queue
 from app.store import evaluations as evaluation_store
-from app.store import run_locks
+from app.store import idempotency, run_locks
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +102,18 @@ async def _forget_job(arq: ArqRedis, prefix: str, job_id: str) -> None:
 
 
 async def sweep_forever(pool: asyncpg.Pool, arq: ArqRedis, database_url: str,
-                        prefix: str, interval_s: float) -> None:
+                        prefix: str, interval_s: float,
+                        idempotency_key_hours: float = 24.0) -> None:
     """Sweep every `interval_s` until cancelled; failures are logged and the
-    next pass tries again."""
+    next pass tries again. Each pass also forgets expired idempotency keys
+    (an indexed delete), so that table holds about a day of creates."""
     while True:
         try:
             await sweep(pool, arq, database_url, prefix)
+            forgotten = await idempotency.delete_expired(pool,
+                                                         idempotency_key_hours)
+            if forgotten:
+                log.info("forgot %d expired idempotency key(s)", forgotten)
         except (RedisError, OSError, asyncpg.PostgresError,
                 asyncpg.InterfaceError) as exc:
             log.warning("recovery sweep failed, trying again in %.0fs: %s",

@@ -69,7 +69,8 @@ def build_worker(settings: Settings, *, max_evaluations: int = 4,
             arq=ctx["redis"])
         ctx["sweeper"] = asyncio.create_task(recovery.sweep_forever(
             pool, ctx["redis"], settings.database_url, settings.redis_prefix,
-            settings.recovery_interval_s), name="recovery-sweep")
+            settings.recovery_interval_s, settings.idempotency_key_hours),
+            name="recovery-sweep")
         log.info("worker ready: queue %s, model endpoint %s, database %s",
                  queue.queue_name(settings.redis_prefix),
                  mask_password(model_client.base_url), settings.safe_database_url)
