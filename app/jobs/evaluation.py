@@ -421,8 +421,13 @@ class _Run:
                 self.stop(stopped_by=status or "DELETED")
 
 
+# InternalClientError ("cannot switch to state ...; another operation is in
+# progress") comes from a pooled connection left mid-operation when its server
+# process was terminated under it: the database going away as seen from
+# asyncpg's side, not a fault of the run.
 _DATABASE_GONE = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-                  asyncpg.exceptions.OperatorInterventionError)
+                  asyncpg.exceptions.OperatorInterventionError,
+                  asyncpg.InternalClientError)
 
 
 def _lost_database(exc: BaseException) -> bool:

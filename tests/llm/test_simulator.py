@@ -118,6 +118,13 @@ def unique(text: str) -> str:
     return f"{text} [{uuid.uuid4().hex}]"
 
 
+def unheard_of() -> str:
+    """A prompt no stored case can be found in: other tests store cases with
+    inputs as short as one letter, which any ordinary words could hold, but
+    none made of private-use characters."""
+    return "".join(chr(0xE000 + int(digit, 16)) for digit in uuid.uuid4().hex)
+
+
 def arithmetic_cases(num_cases: int) -> list[tuple[dict[str, Any], str]]:
     return [({"question": unique(f"What is {i} plus {i + 1}?")}, str(2 * i + 1))
             for i in range(num_cases)]
@@ -209,8 +216,8 @@ class TestAnswers:
     async def test_a_case_inserted_after_start_up_is_recognised(
             self, pool, start_simulator):
         simulator = await start_simulator(accuracy=1.0)
-        [(case_input, expected)] = arithmetic_cases(1)
-        prompt = TEMPLATE.render(case_input)
+        prompt = unheard_of()
+        case_input, expected = {"question": prompt}, "42"
         assert await simulator.ask(prompt) == UNKNOWN_PROMPT_REPLY
 
         await insert_test_set(pool, [(case_input, expected)])
@@ -230,7 +237,7 @@ class TestAnswers:
         num_loads_before = state.num_loads
 
         started_at = time.monotonic()
-        answers = await _ask_all(simulator, [unique("Junk") for _ in range(100)])
+        answers = await _ask_all(simulator, [unheard_of() for _ in range(100)])
         elapsed_s = time.monotonic() - started_at
 
         assert set(answers) == {UNKNOWN_PROMPT_REPLY}
@@ -246,9 +253,7 @@ class TestAnswers:
 
         assert await simulator.ask(TEMPLATE.render(case_input)) == (
             NO_EXPECTED_OUTPUT_REPLY)
-        # Private-use characters: no test stores them, while any ordinary
-        # words could hold the short input of another test's case.
-        assert await simulator.ask("\ue000\ue001\ue002") == UNKNOWN_PROMPT_REPLY
+        assert await simulator.ask(unheard_of()) == UNKNOWN_PROMPT_REPLY
 
     async def test_latency_slows_every_call_down(self, start_simulator):
         simulator = await start_simulator(latency_ms=200)
