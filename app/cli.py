@@ -39,6 +39,17 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more,"
+                                         f" got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     from app.importer import command as import_command
     from app.llm import simulator
@@ -60,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(command=_serve)
 
     worker = commands.add_parser("worker", help="run evaluations from the queue")
-    worker.add_argument("--max-evaluations", type=int, default=4,
+    worker.add_argument("--max-evaluations", type=_at_least_one, default=4,
                         help="evaluations one worker runs at once (default 4)")
     worker.set_defaults(command=_worker)
 
@@ -74,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     sim = commands.add_parser("simulator",
                               help="run a simulated OpenAI-compatible model")
     simulator.add_arguments(sim)
-    sim.set_defaults(command=simulator.run)
+    sim.set_defaults(command=_simulator)
 
     importer = commands.add_parser("import", help="create a test set from a file")
     import_command.add_arguments(importer)
@@ -95,7 +106,8 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from app.server import create_app
     from app.store import db
 
-    if not await _schema_is_current(settings, db):
+    if not await _schema_is_current(settings, db) or not await _redis_answers(
+            settings):
         return 1
     config = uvicorn.Config(create_app(settings), host=args.host, port=args.port,
                             log_config=None, ws_ping_interval=20)
@@ -170,6 +182,34 @@ async def _import(args: argparse.Namespace, settings: Settings) -> int:
     from app.importer import command as import_command
 
     return await import_command.run(args)
+
+
+async def _simulator(args: argparse.Namespace, settings: Settings) -> int:
+    from app.llm import simulator
+    from app.store import db
+
+    # It reads the test cases it answers from; a missing table would only
+    # show as a traceback from deep inside its start-up.
+    if not await _schema_is_current(settings, db):
+        return 1
+    return await simulator.run(args, settings)
+
+
+async def _redis_answers(settings: Settings) -> bool:
+    """Whether Redis answers a ping; says why not."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    client = aioredis.from_url(settings.redis_url, socket_connect_timeout=5)
+    try:
+        await asyncio.wait_for(client.ping(), 10)
+        return True
+    except (RedisError, OSError, TimeoutError) as exc:
+        print(f"assay: cannot connect to Redis at {settings.safe_redis_url}: {exc}",
+              file=sys.stderr)
+        return False
+    finally:
+        await client.aclose()
 
 
 async def _schema_is_current(settings: Settings, db: Any) -> bool:

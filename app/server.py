@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -146,13 +147,19 @@ class AssayGraphQL(GraphQL):
     def decode_json(self, data: str | bytes) -> object:
         try:
             return super().decode_json(data)
-        except (RecursionError, ValueError, UnicodeDecodeError) as exc:
-            # json.loads gives up on very deep nesting, very long integers and
-            # bytes that are not UTF-8; none of that is the server's fault.
+        except RecursionError as exc:
             raise HTTPException(
-                400, "the request body is not JSON that can be read: it is"
-                " nested too deeply, holds a number too long, or is not UTF-8"
-            ) from exc
+                400, "the request body is JSON nested too deeply to read") from exc
+        except UnicodeDecodeError as exc:
+            raise HTTPException(400, "the request body is not UTF-8") from exc
+        except json.JSONDecodeError as exc:
+            raise HTTPException(
+                400, f"the request body is not valid JSON: {exc.msg} at line"
+                f" {exc.lineno}, column {exc.colno}") from exc
+        except ValueError as exc:
+            # Python refuses integers of more than 4,300 digits.
+            raise HTTPException(
+                400, f"the request body is JSON that cannot be read: {exc}") from exc
 
     async def get_context(self, request: Request | WebSocket,
                           response: Response | WebSocket) -> Context:

@@ -8,6 +8,7 @@ A missing or malformed value fails at once with a message naming the variable.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -105,7 +106,7 @@ class Settings:
             ws_keepalive_s=_number(env, "ASSAY_WS_KEEPALIVE_S", 5.0, float,
                                    minimum=0.5),
             idempotency_key_hours=_number(env, "ASSAY_IDEMPOTENCY_KEY_HOURS", 24.0,
-                                          float, minimum=0.01),
+                                          float, minimum=0.01, maximum=24 * 366),
         )
 
     def replace(self, **changes: object) -> Settings:
@@ -172,17 +173,23 @@ def _prefix(env: Mapping[str, str], name: str, default: str) -> str:
 
 
 def _number(env: Mapping[str, str], name: str, default: Number,
-            kind: Callable[[str], Number], *, minimum: Number) -> Number:
+            kind: Callable[[str], Number], *, minimum: Number,
+            maximum: Number | None = None) -> Number:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
         value = kind(raw)
     except ValueError:
+        value = None
+    # float() reads "nan" and "inf" too; neither is a usable setting.
+    if value is None or not math.isfinite(value):
         raise SettingsError(
             f"{name} must be {'a whole number' if kind is int else 'a number'}"
             f", got {raw!r}"
         ) from None
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}, got {raw!r}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be at most {maximum}, got {raw!r}")
     return value

@@ -80,7 +80,7 @@ async def run_once(size: int, base_env: dict[str, str], settings: Settings) -> N
             prompt_template="{{ question }}", system_prompt=None, temperature=None,
             max_tokens=None, scorer_type="NUMERIC", scorer_options={},
             concurrency=32)
-        evaluation = await evaluations.create_evaluation(pool, new)
+        evaluation, _ = await evaluations.create_evaluation(pool, new)
         arq = await queue.connect(settings.redis_url)
         started = time.perf_counter()
         await queue.enqueue_evaluation(arq, settings.redis_prefix, evaluation.id, 1)

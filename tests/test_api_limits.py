@@ -17,18 +17,21 @@ async def post_raw(stack, body: bytes):
                                  headers={"Content-Type": "application/json"})
 
 
-@pytest.mark.parametrize("body", [
-    b'{"query": "{ testSets { totalCount } }", "variables": ' + b"[" * 5000
-    + b"]" * 5000 + b"}",
-    b'{"query": "{ testSets { totalCount } }\xff"}',
-    b'{"query": "{ testSets { totalCount } }", "variables": {"n": ' + b"9" * 5000
-    + b"}}",
-])
-async def test_unreadable_json_bodies_are_a_400_with_a_reason(stack, body):
+@pytest.mark.parametrize("body, reason", [
+    (b'{"query": "{ testSets { totalCount } }", "variables": ' + b"[" * 5000
+     + b"]" * 5000 + b"}", "nested too deeply"),
+    (b'{"query": "{ testSets { totalCount } }\xff"}', "not UTF-8"),
+    (b'{"query": "{ testSets { totalCount } }", "variables": {"n": ' + b"9" * 5000
+     + b"}}", "cannot be read"),
+    (b'{"query": "{ __typename', "not valid JSON: Unterminated string"),
+    (b'{"query": "{ __typename }",\n "variables": {,}}',
+     "not valid JSON: Expecting property name enclosed in double quotes at line 2"),
+], ids=["deep", "not-utf8", "huge-number", "unterminated", "stray-comma"])
+async def test_unreadable_json_bodies_are_a_400_saying_why(stack, body, reason):
     response = await post_raw(stack, body)
 
     assert response.status_code == 400
-    assert "JSON" in response.text
+    assert reason in response.text
 
 
 async def test_a_body_over_the_size_limit_is_refused_before_it_is_parsed(stack):

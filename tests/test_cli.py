@@ -36,14 +36,19 @@ async def empty_database_url():
         await admin.close()
 
 
-@pytest.mark.parametrize("command", ["serve", "worker"])
-def test_serve_and_worker_refuse_a_database_without_the_schema(
+@pytest.mark.parametrize("command", ["serve", "worker", "simulator"])
+def test_serve_worker_and_simulator_refuse_a_database_without_the_schema(
         empty_database_url, redis_prefix, command):
-    run = assay(command, env={"DATABASE_URL": empty_database_url,
-                              "ASSAY_REDIS_PREFIX": redis_prefix})
+    from tests.stack import free_port
+
+    args = [command] if command == "worker" else [command, "--port",
+                                                  str(free_port())]
+    run = assay(*args, env={"DATABASE_URL": empty_database_url,
+                            "ASSAY_REDIS_PREFIX": redis_prefix})
 
     assert run.returncode != 0
     assert "assay migrate" in run.stderr
+    assert "Traceback" not in run.stderr
 
 
 def test_serve_on_a_missing_database_says_migrate_creates_it(redis_prefix):
@@ -126,3 +131,35 @@ def test_schema_prints_the_served_sdl_holding_the_contract():
     check = subprocess.run([sys.executable, str(checker), str(contract), str(served)],
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_settings_refuse_numbers_that_are_not_finite(value):
+    with pytest.raises(SettingsError, match="ASSAY_MODEL_TIMEOUT_S must be a number"):
+        Settings.from_env({"ASSAY_MODEL_TIMEOUT_S": value})
+
+
+def test_settings_refuse_an_idempotency_key_time_past_its_maximum():
+    with pytest.raises(SettingsError, match="ASSAY_IDEMPOTENCY_KEY_HOURS must be"
+                       " at most"):
+        Settings.from_env({"ASSAY_IDEMPOTENCY_KEY_HOURS": "1e9"})
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_worker_refuses_a_max_evaluations_below_one(value):
+    run = assay("worker", "--max-evaluations", value, env={})
+
+    assert run.returncode == 2
+    assert "--max-evaluations: must be a whole number of 1 or more" in run.stderr
+
+
+def test_serve_with_redis_down_says_so_in_one_line(settings):
+    from tests.stack import free_port
+
+    run = assay("serve", "--port", str(free_port()), env={
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+
+    assert run.returncode == 1
+    assert "cannot connect to Redis at redis://127.0.0.1:" in run.stderr
+    assert "Traceback" not in run.stderr
