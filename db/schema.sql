@@ -5,7 +5,7 @@
 -- already up to date. The version below is what `serve` and `worker` require;
 -- raise it whenever this file changes.
 --
--- assay-schema-version: 3
+-- assay-schema-version: 4
 
 CREATE TABLE IF NOT EXISTS schema_version (
     version    integer PRIMARY KEY,
@@ -122,12 +122,15 @@ CREATE TABLE IF NOT EXISTS progress_events (
     completed_cases integer NOT NULL CHECK (completed_cases >= 0),
     failed_cases    integer NOT NULL CHECK (failed_cases >= 0),
     score           double precision,
-    result_id       bigint REFERENCES evaluation_results (id) ON DELETE CASCADE,
+    -- NULL on a RESULT_ADDED event whose result a re-run has since replaced.
+    result_id       bigint CONSTRAINT progress_events_result_id_fkey
+                        REFERENCES evaluation_results (id) ON DELETE SET NULL,
     -- RATE_LIMITED: how long the run holds off before calling the model again.
     wait_seconds    double precision CHECK (wait_seconds >= 0),
     created_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (evaluation_id, sequence),
-    CHECK ((kind = 'RESULT_ADDED') = (result_id IS NOT NULL))
+    CONSTRAINT progress_events_result_check
+        CHECK (kind = 'RESULT_ADDED' OR result_id IS NULL)
 );
 
 CREATE INDEX IF NOT EXISTS progress_events_result_idx
@@ -174,3 +177,26 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_evaluation_idx
     ON idempotency_keys (evaluation_id);
 
 INSERT INTO schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;
+
+-- Version 4: evaluations remember the queue (Redis prefix) they belong to, so
+-- a deployment's recovery sweep takes over only its own runs; a re-run may
+-- replace failed results, whose events then stay with no result.
+ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS queue_prefix text;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM schema_version WHERE version >= 4) THEN
+        ALTER TABLE progress_events
+            DROP CONSTRAINT IF EXISTS progress_events_result_id_fkey;
+        ALTER TABLE progress_events ADD CONSTRAINT progress_events_result_id_fkey
+            FOREIGN KEY (result_id) REFERENCES evaluation_results (id)
+            ON DELETE SET NULL;
+        ALTER TABLE progress_events DROP CONSTRAINT IF EXISTS progress_events_check;
+        ALTER TABLE progress_events
+            DROP CONSTRAINT IF EXISTS progress_events_result_check;
+        ALTER TABLE progress_events ADD CONSTRAINT progress_events_result_check
+            CHECK (kind = 'RESULT_ADDED' OR result_id IS NULL) NOT VALID;
+    END IF;
+END
+$$;
+
+INSERT INTO schema_version (version) VALUES (4) ON CONFLICT DO NOTHING;

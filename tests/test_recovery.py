@@ -259,6 +259,9 @@ async def test_the_sweep_replaces_a_dead_workers_job_and_clears_it_away(
         old_job = queue.job_id(own.redis_prefix, evaluation_id, 1)
         await arq.set(in_progress_key_prefix + old_job, b"1")
         try:
+            # Another deployment sharing the database leaves it alone.
+            elsewhere = await recovery.sweep(pool, arq, own.database_url,
+                                             own.redis_prefix + "-other")
             requeued = await recovery.sweep(pool, arq, own.database_url,
                                             own.redis_prefix)
             queued = await arq.zrange(queue.queue_name(own.redis_prefix), 0, -1)
@@ -271,6 +274,7 @@ async def test_the_sweep_replaces_a_dead_workers_job_and_clears_it_away(
         attempt = await pool.fetchval(
             "SELECT attempt FROM evaluations WHERE id = $1", evaluation_id)
 
+    assert elsewhere == 0
     assert requeued == 1
     assert attempt == 2
     assert old_keys == 0

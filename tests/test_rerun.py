@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import arithmetic_cases, create_evaluation, create_test_set
-from tests.fake_model import Answer, Status, fake_model
+from tests.fake_model import Answer, Reset, Status, fake_model
 from tests.stack import GraphQLError, running_stack
 from tests.test_progress import assert_contiguous, subscribe
 from tests.test_recovery import stored_results
@@ -80,3 +80,77 @@ async def test_only_failed_or_cancelled_evaluations_can_be_run_again(stack):
     assert "COMPLETED" in completed.value.message
     assert unknown.value.code == "NOT_FOUND"
     assert malformed.value.code == "BAD_USER_INPUT"
+
+
+RERUN_KEEPING_FAILED = """mutation($id: ID!) {
+  rerunEvaluation(id: $id, retryFailed: false) { status } }"""
+PROGRESS = """subscription($id: ID!, $after: Int) {
+  evaluationProgress(evaluationId: $id, afterSequence: $after) {
+    sequence kind status completedCases failedCases result { id error } } }"""
+
+
+async def test_a_dead_endpoint_fails_the_run_fast_and_a_rerun_retries_its_cases(
+        settings, pool):
+    async with fake_model() as fake:
+        fake.default = Reset()
+        own = settings.replace(redis_prefix=settings.redis_prefix + "-down",
+                               openai_base_url=fake.base_url, model_max_retries=0)
+        async with running_stack(own) as stack:
+            test_set = await create_test_set(stack, arithmetic_cases(40))
+            evaluation_id = (await create_evaluation(
+                stack, test_set["id"], promptTemplate="{{ question }}",
+                scorer={"type": "EXACT_MATCH"}, concurrency=2))["id"]
+            failed = await stack.wait_for_status(evaluation_id, "FAILED")
+            calls_while_down = len(fake.calls)
+
+            fake.default = Answer("5")
+            # First only the cases never reached, keeping the failed results...
+            await stack.query(RERUN_KEEPING_FAILED, id=evaluation_id)
+            kept = await stack.wait_for_status(evaluation_id, "COMPLETED")
+            # ...then those too.
+            await stack.query(RERUN, id=evaluation_id)
+            completed = await stack.wait_for_status(evaluation_id, "COMPLETED")
+            events, error = await subscribe(stack, "graphql-transport-ws",
+                                            evaluation_id, after=0,
+                                            document=PROGRESS)
+
+    assert failed["error"].startswith("the model endpoint failed 10 calls in a row")
+    assert 10 <= failed["failedCases"] <= failed["completedCases"] < 40
+    assert calls_while_down < 15
+    assert kept["completedCases"] == 40
+    assert kept["failedCases"] == failed["failedCases"]
+    assert completed["completedCases"] == 40 and completed["failedCases"] == 0
+    assert await stored_results(pool, evaluation_id) == (40, 40)
+    assert error is None
+    assert_contiguous(events, 1)
+    replaced = [e for e in events if e["kind"] == "RESULT_ADDED"
+                and e["result"] is None]
+    assert len(replaced) == failed["failedCases"]
+
+
+async def test_a_completed_run_with_failed_results_can_retry_just_those(
+        settings, pool):
+    questions = [f"q{i}" for i in range(8)]
+    async with fake_model([("q3", [Status(500)]), ("q6", [Status(502)])]) as fake:
+        own = settings.replace(redis_prefix=settings.redis_prefix + "-retry",
+                               openai_base_url=fake.base_url, model_max_retries=0)
+        async with running_stack(own) as stack:
+            test_set = await create_test_set(stack, [
+                {"input": {"question": q}, "expectedOutput": "42"}
+                for q in questions])
+            evaluation_id = (await create_evaluation(
+                stack, test_set["id"], promptTemplate="{{ question }}",
+                scorer={"type": "EXACT_MATCH"}))["id"]
+            first = await stack.wait_for_status(evaluation_id, "COMPLETED")
+            with pytest.raises(GraphQLError) as keeping_failed:
+                await stack.query(RERUN_KEEPING_FAILED, id=evaluation_id)
+            await stack.query(RERUN, id=evaluation_id)
+            second = await stack.wait_for_status(evaluation_id, "COMPLETED")
+
+    assert first["failedCases"] == 2
+    assert keeping_failed.value.code == "CONFLICT"
+    assert "retryFailed" in keeping_failed.value.message
+    assert second["failedCases"] == 0 and second["score"] == 1.0
+    assert await stored_results(pool, evaluation_id) == (8, 8)
+    # Only the two failed cases were asked again.
+    assert len(fake.calls) == 10

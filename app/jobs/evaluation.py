@@ -47,6 +47,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FEED_PAGE_SIZE = 200
+# Failures that say the endpoint itself is down rather than that one question
+# went wrong. This many in a row (or twice the concurrency, if more) with no
+# answer between them fail the run instead of every case after them; a re-run
+# then picks up the failed cases once the endpoint is back.
+_ENDPOINT_DOWN_KINDS = frozenset({"connection_error", "timeout", "upstream_error"})
+_MIN_FAILURES_IN_A_ROW = 10
 WRITE_BATCH_MAX = 500
 WATCH_INTERVAL_S = 1.0
 
@@ -223,6 +229,8 @@ class _Run:
             WRITE_BATCH_MAX * 2)
         self.stopping = asyncio.Event()
         self.throttle = Throttle(evaluation.concurrency)
+        self.failures_in_a_row = 0
+        self.failure_limit = max(_MIN_FAILURES_IN_A_ROW, 2 * evaluation.concurrency)
         self.callers: list[asyncio.Task[None]] = []
         self.fatal_error: str | None = None
         self.stopped_by: str | None = None
@@ -324,9 +332,11 @@ class _Run:
             if exc.fatal:
                 self.stop(fatal_error=str(exc))
                 return None
+            self._count_failure(exc)
             return _failed(case, str(exc), exc.latency_ms, exc.output)
         if answer is None:
             return None  # stopping: the case is left to the next attempt
+        self.failures_in_a_row = 0
 
         output = answer.output
         try:
@@ -340,6 +350,14 @@ class _Run:
             prompt_tokens=answer.prompt_tokens,
             completion_tokens=answer.completion_tokens,
         )
+
+    def _count_failure(self, error: ModelError) -> None:
+        if error.kind not in _ENDPOINT_DOWN_KINDS:
+            return
+        self.failures_in_a_row += 1
+        if self.failures_in_a_row >= self.failure_limit:
+            self.stop(fatal_error=f"the model endpoint failed {self.failures_in_a_row}"
+                      f" calls in a row; the last: {error}")
 
     async def _ask(self, prompt: str) -> ModelAnswer | None:
         """The model's answer, asked again for as long as the endpoint merely

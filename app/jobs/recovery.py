@@ -44,7 +44,7 @@ async def sweep(pool: asyncpg.Pool, arq: ArqRedis, database_url: str,
     orphans: list[tuple[int, int, str]] = []
     any_marked_running = False
     for evaluation_id, attempt in await evaluation_store.unfinished_evaluations(
-            pool, older_than_s=_GRACE_S):
+            pool, prefix, older_than_s=_GRACE_S):
         job_id = queue.job_id(prefix, evaluation_id, attempt)
         marked_running = await arq.exists(in_progress_key_prefix + job_id)
         if not marked_running and await arq.exists(job_key_prefix + job_id):

@@ -109,23 +109,30 @@ class EvaluationMutations:
 
 
     @strawberry.mutation(description=(
-        "Runs a FAILED or CANCELLED evaluation again as a new attempt: it is"
-        " QUEUED once more and runs the test cases that have no result yet;"
-        " results already stored are kept. Whatever became of the earlier"
-        " attempt's job, it cannot run alongside the new one. CONFLICT for an"
-        " evaluation that is queued, running or COMPLETED."))
-    async def rerun_evaluation(self, info: Info[Context, None],
-                               id: EvaluationId) -> Evaluation:
+        "Runs a finished evaluation again as a new attempt: it is QUEUED once"
+        " more and runs the test cases that have no result, and (unless"
+        " retryFailed is false) those whose result is an error, which are"
+        " deleted first. Scored results are kept. Whatever became of the"
+        " earlier attempt's job, it cannot run alongside the new one. CONFLICT"
+        " for an evaluation that is queued or running, or COMPLETED with"
+        " nothing to run again."))
+    async def rerun_evaluation(
+        self, info: Info[Context, None], id: EvaluationId,
+        retry_failed: Annotated[bool, strawberry.argument(
+            description="Also run again the cases whose result is an error"
+            " (a timeout, say).")] = True,
+    ) -> Evaluation:
         row_id = ids.decode(ids.Kind.EVALUATION, id, field="id")
         context = info.context
 
-        queued = await evaluation_store.queue_again(context.pool, row_id)
+        try:
+            queued = await evaluation_store.queue_again(
+                context.pool, row_id, context.settings.redis_prefix,
+                retry_failed=retry_failed)
+        except evaluation_store.NothingToRun as exc:
+            raise Conflict(f"id: {exc}; nothing to run again") from None
         if queued is None:
-            row = await evaluation_store.get_evaluation(context.pool, row_id)
-            if row is None:
-                raise NotFound("id: no evaluation with this id")
-            raise Conflict(f"id: the evaluation is {row.status}; only a FAILED or"
-                           " CANCELLED one can be run again")
+            raise NotFound("id: no evaluation with this id")
 
         row, event = queued
         await events.publish(context.services.arq, context.settings.redis_prefix,
@@ -187,6 +194,7 @@ async def _validated(context: Context, input: CreateEvaluationInput) -> NewEvalu
         concurrency=_positive(input.concurrency, "input.concurrency",
                               context.settings.max_concurrency)
         or context.settings.default_concurrency,
+        queue_prefix=context.settings.redis_prefix,
     )
 
 

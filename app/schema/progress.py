@@ -48,7 +48,8 @@ class EvaluationProgressEvent:
     score: float | None = strawberry.field(
         description="Mean score over scored results after the event.")
     result: EvaluationResult | None = strawberry.field(
-        description="Set on RESULT_ADDED: the result stored.")
+        description="Set on RESULT_ADDED: the result stored; null in a replay"
+        " if rerunEvaluation has since replaced that failed result.")
     wait_seconds: float | None = strawberry.field(
         default=None,
         description="Set on RATE_LIMITED: how long the run holds off before"

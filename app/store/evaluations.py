@@ -46,6 +46,8 @@ class NewEvaluation:
     scorer_type: str
     scorer_options: dict[str, Any]
     concurrency: int
+    # The Redis prefix of the queue it is run from (see db/schema.sql).
+    queue_prefix: str | None = None
 
 
 async def create_evaluation(
@@ -78,13 +80,13 @@ async def _insert_evaluation(conn: asyncpg.Connection, new: NewEvaluation) -> An
     return await conn.fetchrow(
         "INSERT INTO evaluations (test_set_id, name, model, prompt_template,"
         "   system_prompt, temperature, max_tokens, scorer_type, scorer_options,"
-        "   concurrency, total_cases)"
-        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
+        "   concurrency, queue_prefix, total_cases)"
+        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
         "   (SELECT count(*) FROM test_cases WHERE test_set_id = $1)"
         f" RETURNING {_EVALUATION_COLUMNS}",
         new.test_set_id, new.name, new.model, new.prompt_template,
         new.system_prompt, new.temperature, new.max_tokens, new.scorer_type,
-        new.scorer_options, new.concurrency,
+        new.scorer_options, new.concurrency, new.queue_prefix,
     )
 
 
@@ -110,15 +112,17 @@ async def evaluation_status(pool: asyncpg.Pool, evaluation_id: int) -> str | Non
 
 
 async def unfinished_evaluations(
-    pool: asyncpg.Pool, older_than_s: float = 0.0
+    pool: asyncpg.Pool, queue_prefix: str, older_than_s: float = 0.0
 ) -> list[tuple[int, int]]:
-    """(id, attempt) of every evaluation still QUEUED or IN_PROGRESS that was
-    created at least `older_than_s` ago."""
+    """(id, attempt) of every evaluation of this queue still QUEUED or
+    IN_PROGRESS that was created at least `older_than_s` ago. Evaluations
+    stored before they named their queue count as everyone's."""
     records = await pool.fetch(
         "SELECT id, attempt FROM evaluations"
         " WHERE status IN ('QUEUED', 'IN_PROGRESS')"
+        "   AND (queue_prefix = $2 OR queue_prefix IS NULL)"
         "   AND created_at < now() - make_interval(secs => $1) ORDER BY id",
-        older_than_s)
+        older_than_s, queue_prefix)
     return [(r["id"], r["attempt"]) for r in records]
 
 
@@ -195,23 +199,54 @@ async def change_status(
     return evaluation, event
 
 
+class NothingToRun(Exception):
+    """An evaluation that cannot be run again, and why (its status)."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
 async def queue_again(
-    pool: asyncpg.Pool, evaluation_id: int
+    pool: asyncpg.Pool, evaluation_id: int, queue_prefix: str, *,
+    retry_failed: bool,
 ) -> tuple[EvaluationRow, ProgressEventRow] | None:
-    """Put a FAILED or CANCELLED evaluation back in the queue as a new attempt
-    and record the event; None if it is in neither status. Its results stay:
-    the new attempt runs only the cases that have none."""
+    """Put a finished evaluation back in the queue as a new attempt and record
+    the event; None if there is no such evaluation. With `retry_failed`, its
+    failed results are deleted first, so the attempt runs those cases again
+    (their RESULT_ADDED events stay, with no result); its scored results
+    always stay. Raises NothingToRun if the attempt would have nothing to do
+    or the evaluation is still queued or running."""
     async with pool.acquire() as conn, conn.transaction():
+        record = await conn.fetchrow(
+            f"SELECT {_EVALUATION_COLUMNS} FROM evaluations WHERE id = $1"
+            " FOR UPDATE", evaluation_id)
+        if record is None:
+            return None
+        evaluation = from_record(EvaluationRow, record)
+        if not evaluation.is_finished:
+            raise NothingToRun(evaluation.status,
+                               f"the evaluation is {evaluation.status}")
+        to_retry = evaluation.failed_cases if retry_failed else 0
+        if evaluation.status == "COMPLETED" and to_retry == 0:
+            raise NothingToRun(evaluation.status, (
+                "the evaluation is COMPLETED with a result for every case and"
+                " none failed" if retry_failed else
+                "the evaluation is COMPLETED; retryFailed: true runs its failed"
+                " cases again"))
+        if to_retry:
+            await conn.execute(
+                "DELETE FROM evaluation_results"
+                " WHERE evaluation_id = $1 AND error IS NOT NULL", evaluation_id)
         record = await conn.fetchrow(
             "UPDATE evaluations SET status = 'QUEUED', attempt = attempt + 1,"
             "   error = NULL, completed_at = NULL,"
-            "   last_sequence = last_sequence + 1"
-            " WHERE id = $1 AND status IN ('FAILED', 'CANCELLED')"
-            f" RETURNING {_EVALUATION_COLUMNS}",
-            evaluation_id,
+            "   completed_cases = completed_cases - $2,"
+            "   failed_cases = failed_cases - $2,"
+            "   last_sequence = last_sequence + 1, queue_prefix = $3"
+            f" WHERE id = $1 RETURNING {_EVALUATION_COLUMNS}",
+            evaluation_id, to_retry, queue_prefix,
         )
-        if record is None:
-            return None
         evaluation = from_record(EvaluationRow, record)
         event = _event(evaluation, "STATUS_CHANGED", evaluation.last_sequence,
                        evaluation.completed_cases, evaluation.failed_cases,
