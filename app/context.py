@@ -46,12 +46,13 @@ class SharedTestCases:
     set and every result that points at it. So unlike anything else it can be
     kept across requests, and a hundred subscribers of one run that each
     select `result { testCase }` cost one query per case instead of one per
-    event each. At most `max_size` are kept (least recently used go first);
-    lookups that arrive together are fetched in one query, and a case being
-    fetched is waited for rather than fetched again.
+    event each. At most `max_size` are kept (least recently used go first):
+    a bound on their number, not their size, so very large inputs make it
+    hold more memory. Lookups that arrive together are fetched in one query,
+    and a case being fetched is waited for rather than fetched again.
     """
 
-    def __init__(self, pool: asyncpg.Pool, max_size: int = 50_000) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_size: int = 10_000) -> None:
         self.max_size = max_size
         self._rows: OrderedDict[int, TestCaseRow] = OrderedDict()
         self._fetching: dict[int, asyncio.Future[TestCaseRow | None]] = {}

@@ -22,8 +22,11 @@ from app.store import evaluations as evaluation_store
 from app.store.rows import EvaluationRow, ProgressEventRow
 
 # With no message for this long a follower checks the store itself; this bounds
-# the delay when Redis drops a message or restarts.
+# the delay when Redis drops a message or restarts. Each quiet check doubles
+# the wait, up to the maximum, so a thousand followers of a queued or stalled
+# evaluation do not each query PostgreSQL every second.
 IDLE_CHECK_S = 1.0
+MAX_IDLE_CHECK_S = 8.0
 _REPLAY_PAGE = 500
 
 
@@ -85,17 +88,23 @@ async def _events_in_order(
         yield event
         last_seen = event.sequence
 
+    idle_check_s = IDLE_CHECK_S
     while True:
         try:
-            event = await asyncio.wait_for(listener.queue.get(), IDLE_CHECK_S)
+            event = await asyncio.wait_for(listener.queue.get(), idle_check_s)
+            idle_check_s = IDLE_CHECK_S
         except TimeoutError:
             event = None
 
         if event is None or listener.missed or event.sequence > last_seen + 1:
             listener.missed = False
+            found = False
             async for stored in _stored_after(pool, evaluation_id, last_seen):
                 yield stored
                 last_seen = stored.sequence
+                found = True
+            if event is None and not found:
+                idle_check_s = min(idle_check_s * 2, MAX_IDLE_CHECK_S)
         if event is not None and event.sequence == last_seen + 1:
             yield event
             last_seen = event.sequence

@@ -29,9 +29,6 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.schema.exceptions import InvalidOperationTypeError
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
-    BaseGraphQLTransportWSHandler,
-)
 
 from app.context import Context, Loaders, Services, SharedTestCases
 from app.errors import ApiError
@@ -40,6 +37,7 @@ from app.jobs import queue
 from app.resolvers import Mutation, Query, Subscription
 from app.settings import Settings
 from app.store import db
+from app.websocket_protocols import LegacyWSHandler, TransportWSHandler
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +71,10 @@ def _code(error: GraphQLError) -> None:
         code = "BAD_USER_INPUT"
     elif isinstance(original, ApiError):
         error.message, code = original.message, original.code
+    elif isinstance(original, TypeError) and _is_subscription_over_http(error):
+        error.message = ("subscriptions are served over websockets"
+                         " (graphql-transport-ws or graphql-ws), not HTTP")
+        code = "BAD_USER_INPUT"
     elif isinstance(original, InvalidOperationTypeError):
         error.message = ("the graphql-ws subprotocol carries subscriptions only;"
                          " send queries and mutations over HTTP or"
@@ -86,6 +88,13 @@ def _code(error: GraphQLError) -> None:
     error.extensions = {**(error.extensions or {}), "code": code}
 
 
+def _is_subscription_over_http(error: GraphQLError) -> bool:
+    # Strawberry runs a subscription sent over HTTP as if it were a query, and
+    # the root field's async generator then fails as a null.
+    return (error.message.startswith("Cannot return null for non-nullable field"
+                                     " Subscription."))
+
+
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     settings = settings or Settings()
     return _Schema(
@@ -93,60 +102,53 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         extensions=[
             # Parsing and validating a document costs more than running a
             # small query; the caches make repeated documents nearly free.
-            lambda: ParserCache(maxsize=1000),
-            lambda: ValidationCache(maxsize=1000),
+            # Keyed by the whole document, which ASSAY_MAX_QUERY_CHARS bounds.
+            lambda: ParserCache(maxsize=200),
+            lambda: ValidationCache(maxsize=200),
             lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
             lambda: MaxAliasesLimiter(max_alias_count=settings.max_query_aliases),
             lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
         ])
 
 
-class _PingingTransportWSHandler(BaseGraphQLTransportWSHandler):
-    """graphql-transport-ws with pings from the server.
-
-    Strawberry sends none on this protocol (it does on graphql-ws), and a
-    proxy or client that drops silent sockets would end a subscription to a
-    slow run. The protocol lets either side ping; clients answer with pong.
-    """
-
-    _pinger: asyncio.Task[None] | None = None
-
-    async def handle_connection_init(self, message: Any) -> None:
-        await super().handle_connection_init(message)
-        if self.connection_acknowledged and self._pinger is None:
-            self._pinger = asyncio.create_task(self._ping_while_open())
-
-    async def _ping_while_open(self) -> None:
-        interval_s = self.view.keepalive_s
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.send_message({"type": "ping"})
-            except Exception:  # noqa: BLE001
-                # The socket is closing; handle() notices and cleans up.
-                return
-
-    async def shutdown(self) -> None:
-        if self._pinger is not None:
-            self._pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pinger
-        await super().shutdown()
-
-
 class AssayGraphQL(GraphQL):
     """The GraphQL endpoint, with Assay's context on every operation."""
 
-    graphql_transport_ws_handler_class = _PingingTransportWSHandler
+    graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyWSHandler
 
-    def __init__(self, schema: strawberry.Schema, *, keepalive_s: float) -> None:
+    def __init__(self, schema: strawberry.Schema, *, keepalive_s: float,
+                 max_query_chars: int) -> None:
         # graphql-ws has its own keep-alive messages; Strawberry sends them.
         super().__init__(schema, keep_alive=True, keep_alive_interval=keepalive_s)
         self.keepalive_s = keepalive_s
+        self.max_query_chars = max_query_chars
+
+    async def parse_http_body(self, request: Any) -> Any:
+        data = await super().parse_http_body(request)
+        for operation in data if isinstance(data, list) else [data]:
+            # Whitespace and comments cost no tokens but still cost parsing,
+            # and the parser cache keeps whole documents.
+            if operation.query and len(operation.query) > self.max_query_chars:
+                raise HTTPException(
+                    400, f"the document is {len(operation.query):,} characters"
+                    f" long; at most {self.max_query_chars:,}"
+                    " (ASSAY_MAX_QUERY_CHARS): send data in variables")
+        return data
 
     def decode_json(self, data: str | bytes) -> object:
+        # Also used for websocket messages, where Strawberry closes the socket
+        # with 4400 on a JSONDecodeError and on nothing else.
         try:
             return super().decode_json(data)
+        except (RecursionError, ValueError) as exc:
+            if isinstance(exc, json.JSONDecodeError):
+                raise
+            raise json.JSONDecodeError(str(exc), str(data)[:100], 0) from exc
+
+    def parse_json(self, data: str | bytes) -> Any:
+        try:
+            return json.loads(data)
         except RecursionError as exc:
             raise HTTPException(
                 400, "the request body is JSON nested too deeply to read") from exc
@@ -263,7 +265,8 @@ def create_app(settings: Settings, *,
             await pool.close()
 
     graphql = AssayGraphQL(build_schema(settings),
-                           keepalive_s=settings.ws_keepalive_s)
+                           keepalive_s=settings.ws_keepalive_s,
+                           max_query_chars=settings.max_query_chars)
     # A Route and a WebSocketRoute on the same path: a Mount would redirect
     # /graphql to /graphql/, which a websocket cannot follow.
     return Starlette(

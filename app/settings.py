@@ -54,6 +54,7 @@ class Settings:
     max_query_depth: int = 12
     max_query_aliases: int = 30
     max_query_tokens: int = 5_000
+    max_query_chars: int = 100_000
     max_page_size: int = 500
     max_cases_per_request: int = 10_000
     # Pings on idle websockets, more often than proxies drop silent ones.
@@ -100,6 +101,8 @@ class Settings:
                                       minimum=1),
             max_query_tokens=_number(env, "ASSAY_MAX_QUERY_TOKENS", 5_000, int,
                                      minimum=100),
+            max_query_chars=_number(env, "ASSAY_MAX_QUERY_CHARS", 100_000, int,
+                                    minimum=1_000),
             max_page_size=_number(env, "ASSAY_MAX_PAGE_SIZE", 500, int, minimum=1),
             max_cases_per_request=_number(env, "ASSAY_MAX_CASES_PER_REQUEST", 10_000,
                                           int, minimum=1),

@@ -167,3 +167,11 @@ def test_every_limit_is_a_setting_read_from_the_environment():
             settings.ws_keepalive_s, settings.idempotency_key_hours,
             settings.rate_limit_max_wait_s) == (20, 100, 2048, 5, 3, 200, 2.5,
                                                 1.0, 30.0)
+
+
+async def test_a_document_past_the_character_limit_is_refused_before_parsing(stack):
+    padded = "{ __typename " + " " * (stack.settings.max_query_chars + 1) + "}"
+    response = await stack.http.post(stack.graphql_url, json={"query": padded})
+
+    assert response.status_code == 400
+    assert "ASSAY_MAX_QUERY_CHARS" in response.text

@@ -185,3 +185,45 @@ async def test_a_cancel_stops_a_run_whose_calls_never_return(settings):
     assert evaluation["completedCases"] == 3
     assert set(results) == set(questions[:3])
 
+
+
+async def test_a_worker_stopping_during_a_rate_limit_pause_hands_the_run_back_at_once(
+        settings, pool):
+    import redis.asyncio as aioredis
+
+    from app.jobs import queue
+    from app.jobs.evaluation import JobContext, run_evaluation
+    from app.llm.client import ModelClient
+
+    async with fake_model() as fake:
+        fake.default = TooManyRequests("120")
+        own = faulty_settings(settings, "paused", fake)
+        async with running_stack(own, with_worker=False) as stack:
+            evaluation_id = await start(stack, [f"q{i}" for i in range(10)])
+            row_id = int(evaluation_id.removeprefix("ev_"))
+            redis = aioredis.from_url(own.redis_url)
+            arq = await queue.connect(own.redis_url)
+            client = ModelClient(fake.base_url, None, timeout_s=10, max_retries=0)
+            job = JobContext(pool=pool, redis=redis, redis_prefix=own.redis_prefix,
+                             model_client=client, database_url=own.database_url,
+                             arq=arq)
+            try:
+                run = asyncio.create_task(run_evaluation(job, row_id, 1))
+                while not await pool.fetchval(
+                        "SELECT count(*) FROM progress_events WHERE evaluation_id"
+                        " = $1 AND kind = 'RATE_LIMITED'", row_id):
+                    await asyncio.sleep(0.05)
+                stopping_at = time.monotonic()
+                job.draining.set()
+                outcome = await asyncio.wait_for(run, 10)
+                handed_back_s = time.monotonic() - stopping_at
+            finally:
+                await client.close()
+                await redis.aclose()
+                await arq.aclose()
+            attempt = await pool.fetchval(
+                "SELECT attempt FROM evaluations WHERE id = $1", row_id)
+
+    assert outcome == "HANDED_BACK"
+    assert handed_back_s < 2
+    assert attempt == 2

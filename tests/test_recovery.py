@@ -242,7 +242,7 @@ async def test_losing_the_database_connections_mid_run_resumes_it(
 
 async def test_the_sweep_replaces_a_dead_workers_job_and_clears_it_away(
         settings, pool, slow_model):
-    from arq.constants import in_progress_key_prefix, job_key_prefix
+    from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
     from app.jobs import queue, recovery
 
@@ -258,6 +258,7 @@ async def test_the_sweep_replaces_a_dead_workers_job_and_clears_it_away(
         arq = await queue.connect(own.redis_url)
         old_job = queue.job_id(own.redis_prefix, evaluation_id, 1)
         await arq.set(in_progress_key_prefix + old_job, b"1")
+        await arq.set(retry_key_prefix + old_job, b"1")
         try:
             # Another deployment sharing the database leaves it alone.
             elsewhere = await recovery.sweep(pool, arq, own.database_url,
@@ -266,7 +267,8 @@ async def test_the_sweep_replaces_a_dead_workers_job_and_clears_it_away(
                                             own.redis_prefix)
             queued = await arq.zrange(queue.queue_name(own.redis_prefix), 0, -1)
             old_keys = await arq.exists(in_progress_key_prefix + old_job,
-                                        job_key_prefix + old_job)
+                                        job_key_prefix + old_job,
+                                        retry_key_prefix + old_job)
             again = await recovery.sweep(pool, arq, own.database_url,
                                          own.redis_prefix)
         finally:

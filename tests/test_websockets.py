@@ -11,7 +11,7 @@ import pytest
 import websockets
 
 from tests.factories import arithmetic_cases, create_evaluation, create_test_set
-from tests.stack import running_stack
+from tests.stack import GraphQLError, running_stack
 from tests.test_progress import PROGRESS, subscribe
 
 KEEPALIVE_S = 0.3
@@ -166,3 +166,107 @@ async def test_subscribers_selecting_test_cases_share_one_lookup_per_case(
         assert len(set(cases)) == 30
     # Ten subscribers, thirty results: at most one lookup per case, not 300.
     assert 1 <= len(lookups) <= 30
+
+
+MALFORMED = [
+    pytest.param("not json{", id="not-json"),
+    pytest.param("[1, 2]", id="a-list"),
+    pytest.param("5", id="a-number"),
+    pytest.param({"type": "{start}", "payload": "str", "id": "1"}, id="payload-text"),
+    pytest.param({"type": "{start}", "payload": {"query": 5}, "id": "1"},
+                 id="query-number"),
+    pytest.param({"type": "{start}", "payload": {"query": "subscription { x }"}},
+                 id="no-id"),
+    pytest.param({"type": "{start}", "payload": None, "id": "1"}, id="payload-null"),
+    pytest.param({"type": "{start}", "id": "1",
+                  "payload": {"query": "subscription { x }", "variables": "x"}},
+                 id="variables-text"),
+    pytest.param({"type": "{start}", "id": "1",
+                  "payload": {"query": "subscription {" + " " * 200_000 + "}"}},
+                 id="document-too-long"),
+]
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+@pytest.mark.parametrize("message", MALFORMED)
+async def test_a_malformed_message_closes_the_socket_with_4400_quietly(
+        idle_stack, caplog, protocol, message):
+    start = "subscribe" if protocol == "graphql-transport-ws" else "start"
+    if isinstance(message, dict):
+        message = json.dumps({**message, "type": start})
+    if protocol == "graphql-ws" and message == "not json{":
+        await _text_that_is_not_json_is_ignored_on_graphql_ws(idle_stack, caplog)
+        return
+    ws = await connect(idle_stack, protocol)
+    with caplog.at_level(logging.WARNING):
+        await ws.send(message)
+        with pytest.raises(websockets.ConnectionClosed):
+            async with asyncio.timeout(5):
+                while True:
+                    await ws.recv()
+
+    assert ws.close_code == 4400
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def _text_that_is_not_json_is_ignored_on_graphql_ws(stack, caplog) -> None:
+    # The older protocol has no close code for it; Strawberry skips such text.
+    evaluation_id = await queued_evaluation(stack)
+    ws = await connect(stack, "graphql-ws")
+    try:
+        with caplog.at_level(logging.WARNING):
+            await ws.send("not json{")
+            await ws.send(start_message("graphql-ws", "1", PROGRESS, id=evaluation_id))
+            reply = json.loads(await ws.recv())
+            while reply.get("id") != "1":  # keep-alive messages come between
+                reply = json.loads(await ws.recv())
+    finally:
+        await ws.close()
+
+    assert reply["payload"]["data"]["evaluationProgress"]["kind"] == "SNAPSHOT"
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_graphql_ws_client_that_never_initialises_is_closed(
+        idle_stack, monkeypatch):
+    from app import websocket_protocols
+
+    monkeypatch.setattr(websocket_protocols, "INIT_TIMEOUT_S", 0.3)
+    ws = await websockets.connect(idle_stack.ws_url, subprotocols=["graphql-ws"])
+    with pytest.raises(websockets.ConnectionClosed):
+        async with asyncio.timeout(5):
+            await ws.recv()
+
+    assert ws.close_code == 4408
+
+
+async def test_followers_that_vanish_while_events_flow_log_no_error(
+        settings, model_url, caplog):
+    own = settings.replace(redis_prefix=settings.redis_prefix + "-vanish",
+                           openai_base_url=model_url)
+    async with running_stack(own) as stack:
+        test_set = await create_test_set(stack, arithmetic_cases(150))
+        evaluation_id = (await create_evaluation(stack, test_set["id"],
+                                                 concurrency=2))["id"]
+        with caplog.at_level(logging.WARNING):
+            for protocol in ("graphql-transport-ws", "graphql-ws"):
+                for _ in range(3):
+                    ws = await connect(stack, protocol)
+                    await ws.send(start_message(protocol, "1", PROGRESS,
+                                                id=evaluation_id))
+                    await ws.recv()
+                    await asyncio.sleep(0.1)
+                    ws.transport.abort()
+            await stack.wait_for_status(evaluation_id, "COMPLETED")
+            await asyncio.sleep(0.5)
+
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_subscription_over_http_is_told_to_use_a_websocket(idle_stack):
+    evaluation_id = await queued_evaluation(idle_stack)
+    with pytest.raises(GraphQLError) as raised:
+        await idle_stack.query(PROGRESS, id=evaluation_id)
+
+    assert raised.value.code == "BAD_USER_INPUT"
+    assert "websockets" in raised.value.message

@@ -364,8 +364,8 @@ class _Run:
         rate limits the run; any other failure raises its ModelError. None if
         the run stops before the question could be put."""
         while True:
-            async with self.throttle.slot():
-                if self.stopping.is_set():
+            async with self.throttle.slot(self.stopping) as free:
+                if not free:
                     return None
                 try:
                     answer = await self.job.model_client.complete(prompt,

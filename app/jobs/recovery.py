@@ -21,7 +21,7 @@ import logging
 
 import asyncpg
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.exceptions import RedisError
 
 from app.jobs import queue
@@ -98,7 +98,8 @@ async def _forget_job(arq: ArqRedis, prefix: str, job_id: str) -> None:
     # whole timeout; arq reads only the head of the queue on each poll, so
     # enough such leftovers would keep every new job from being picked up.
     await arq.zrem(queue.queue_name(prefix), job_id)
-    await arq.delete(in_progress_key_prefix + job_id, job_key_prefix + job_id)
+    await arq.delete(in_progress_key_prefix + job_id, job_key_prefix + job_id,
+                     retry_key_prefix + job_id)
 
 
 async def sweep_forever(pool: asyncpg.Pool, arq: ArqRedis, database_url: str,

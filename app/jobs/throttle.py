@@ -40,19 +40,27 @@ class Throttle:
         self._changed = asyncio.Event()
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Held around one model call: waits out a pause and for a free slot."""
+    async def slot(self, stopping: asyncio.Event) -> AsyncIterator[bool]:
+        """Held around one model call: waits out a pause and for a free slot.
+        Yields False, holding nothing, if the run starts stopping meanwhile."""
         while True:
+            if stopping.is_set():
+                yield False
+                return
             wait_s = self.resume_at - time.monotonic()
             if wait_s <= 0 and self.in_flight < self.limit:
                 break
-            changed = self._changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(),
-                                       wait_s if wait_s > 0 else None)
+            waits = {asyncio.ensure_future(self._changed.wait()),
+                     asyncio.ensure_future(stopping.wait())}
+            try:
+                await asyncio.wait(waits, timeout=wait_s if wait_s > 0 else None,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
         self.in_flight += 1
         try:
-            yield
+            yield True
         finally:
             self.in_flight -= 1
             self._notify()
