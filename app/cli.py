@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     import_command.add_arguments(importer)
     importer.set_defaults(command=_import)
 
+    keys = commands.add_parser("keys", help="make, list and revoke API keys")
+    from app import keys_command
+    keys_command.add_arguments(keys)
+    keys.set_defaults(command=_keys)
+
     demo = commands.add_parser(
         "demo", help="run a whole evaluation with live progress, starting what is"
         " missing")
@@ -182,6 +187,15 @@ async def _import(args: argparse.Namespace, settings: Settings) -> int:
     from app.importer import command as import_command
 
     return await import_command.run(args)
+
+
+async def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from app import keys_command
+    from app.store import db
+
+    if not await _schema_is_current(settings, db):
+        return 1
+    return await keys_command.run(args, settings)
 
 
 async def _simulator(args: argparse.Namespace, settings: Settings) -> int:

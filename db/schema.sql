@@ -5,7 +5,7 @@
 -- already up to date. The version below is what `serve` and `worker` require;
 -- raise it whenever this file changes.
 --
--- assay-schema-version: 4
+-- assay-schema-version: 5
 
 CREATE TABLE IF NOT EXISTS schema_version (
     version    integer PRIMARY KEY,
@@ -200,3 +200,30 @@ END
 $$;
 
 INSERT INTO schema_version (version) VALUES (4) ON CONFLICT DO NOTHING;
+
+-- Version 5: workspaces and the API keys that act in them. A key is shown
+-- once, when it is made; only a SHA-256 digest of it is kept (a key is 256
+-- random bits, so a plain digest cannot be reversed by guessing), with its
+-- first characters so that an operator can tell keys apart.
+CREATE TABLE IF NOT EXISTS workspaces (
+    id         bigserial PRIMARY KEY,
+    name       text NOT NULL CHECK (length(btrim(name)) > 0),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT workspaces_name_unique UNIQUE (name)
+);
+
+CREATE TABLE IF NOT EXISTS api_keys (
+    id           bigserial PRIMARY KEY,
+    workspace_id bigint NOT NULL REFERENCES workspaces (id) ON DELETE CASCADE,
+    name         text,
+    role         text NOT NULL CHECK (role IN ('viewer', 'editor', 'admin')),
+    key_digest   text NOT NULL,
+    key_start    text NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    expires_at   timestamptz,
+    revoked_at   timestamptz,
+    CONSTRAINT api_keys_digest_unique UNIQUE (key_digest)
+);
+CREATE INDEX IF NOT EXISTS api_keys_workspace_idx ON api_keys (workspace_id, id);
+
+INSERT INTO schema_version (version) VALUES (5) ON CONFLICT DO NOTHING;

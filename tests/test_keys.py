@@ -1,0 +1,89 @@
+"""API keys: made by `assay keys`, shown once, kept only as digests, and
+checked against revocation and expiry."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+
+import pytest
+
+from app import auth
+from tests.factories import unique
+from tests.test_cli import assay
+
+
+def keys(settings, *args: str):
+    return assay("keys", *args, env={"DATABASE_URL": settings.database_url})
+
+
+async def test_a_new_key_is_printed_once_on_the_last_line_and_stored_as_a_digest(
+        settings, pool):
+    workspace = unique("team")
+    run = keys(settings, "create", "--workspace", workspace, "--role", "viewer",
+               "--name", "ci")
+
+    assert run.returncode == 0, run.stderr
+    key = run.stdout.strip().splitlines()[-1]
+    assert key.startswith("assay_") and len(key) == 49
+    stored = await pool.fetchrow(
+        "SELECT k.*, w.name AS workspace FROM api_keys k JOIN workspaces w"
+        " ON w.id = k.workspace_id WHERE k.key_digest = $1",
+        hashlib.sha256(key.encode()).hexdigest())
+    assert stored["workspace"] == workspace and stored["role"] == "viewer"
+    assert key not in str(dict(stored))
+    assert key.startswith(stored["key_start"]) and len(stored["key_start"]) < 16
+    caller = await auth.authenticate(pool, key)
+    assert (caller.workspace, caller.role) == (workspace, "viewer")
+
+
+async def test_listing_shows_keys_without_the_keys_themselves(settings):
+    workspace = unique("listed")
+    made = keys(settings, "create", "--workspace", workspace, "--role", "admin",
+                "--expires-in-days", "3")
+    key = made.stdout.strip().splitlines()[-1]
+
+    listing = keys(settings, "list", "--workspace", workspace)
+
+    assert listing.returncode == 0, listing.stderr
+    header, row = listing.stdout.strip().splitlines()
+    assert header.split()[:3] == ["ID", "WORKSPACE", "ROLE"]
+    assert workspace in row and "admin" in row and "active" in row
+    assert key not in listing.stdout and key[:12] in listing.stdout
+
+
+async def test_revoked_expired_and_unknown_keys_authenticate_no_one(settings, pool):
+    workspace = unique("gone")
+    revoked_row, revoked = await auth.create_key(pool, workspace, "editor")
+    _, expired = await auth.create_key(
+        pool, workspace, "editor",
+        expires_at=datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1))
+    _, good = await auth.create_key(pool, workspace, "editor")
+
+    run = keys(settings, "revoke", str(revoked_row.id))
+    again = keys(settings, "revoke", str(revoked_row.id))
+
+    assert run.returncode == 0 and again.returncode == 0, run.stderr
+    assert f"Key {revoked_row.id} of workspace" in run.stdout
+    assert await auth.authenticate(pool, revoked) is None
+    assert await auth.authenticate(pool, expired) is None
+    assert await auth.authenticate(pool, good[:-1] + ("A" if good[-1] != "A"
+                                                      else "B")) is None
+    assert await auth.authenticate(pool, "") is None
+    assert (await auth.authenticate(pool, good)).workspace == workspace
+
+
+@pytest.mark.parametrize("args, message", [
+    (["create", "--workspace", "   "], "--workspace: must not be empty"),
+    (["create", "--workspace", "x", "--role", "owner"], "invalid choice: 'owner'"),
+    (["create", "--workspace", "x", "--expires-in-days", "0"],
+     "must be a number of days above 0"),
+    (["create"], "the following arguments are required: --workspace"),
+    (["revoke", "987654321"], "no key with id 987654321"),
+], ids=["blank-workspace", "unknown-role", "zero-days", "no-workspace",
+        "unknown-key"])
+def test_bad_key_commands_say_what_is_wrong(settings, args, message):
+    run = keys(settings, *args)
+
+    assert run.returncode in (1, 2)
+    assert message in run.stderr
