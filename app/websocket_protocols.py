@@ -39,10 +39,13 @@ INIT_TIMEOUT_S = 60.0
 _GONE = (WebSocketDisconnected, WebSocketDisconnect, SocketClosed)
 
 
-def shape_problem(message: Any, start_type: str, max_query_chars: int) -> str | None:
+def shape_problem(message: Any, start_type: str, stop_type: str,
+                  max_query_chars: int) -> str | None:
     """What is wrong with a message's shape, if anything; both protocols."""
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         return "a message must be a JSON object with a type"
+    if message["type"] == stop_type and not isinstance(message.get("id"), str):
+        return f"a {stop_type} message needs an id"
     if message["type"] != start_type:
         return None
     payload = message.get("payload")
@@ -64,7 +67,8 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler):
     _pinger: asyncio.Task[None] | None = None
 
     async def handle_message(self, message: Any) -> None:
-        problem = shape_problem(message, "subscribe", self.view.max_query_chars)
+        problem = shape_problem(message, "subscribe", "complete",
+                                self.view.max_query_chars)
         if problem is not None:
             await self.handle_invalid_message(problem)
             return
@@ -76,14 +80,11 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler):
             self._pinger = asyncio.create_task(self._ping_while_open())
 
     async def _ping_while_open(self) -> None:
-        interval_s = self.view.keepalive_s
+        # Sends to a closed socket are dropped (send_message); shutdown()
+        # ends this loop.
         while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.send_message({"type": "ping"})
-            except Exception:  # noqa: BLE001
-                # The socket is closing; handle() notices and cleans up.
-                return
+            await asyncio.sleep(self.view.keepalive_s)
+            await self.send_message({"type": "ping"})
 
     async def send_message(self, message: Any) -> None:
         with contextlib.suppress(*_GONE):
@@ -121,8 +122,17 @@ class LegacyWSHandler(BaseGraphQLWSHandler):
                 await self.websocket.close(code=4408,
                                            reason="Connection initialisation timeout")
 
+    async def handle_connection_init(self, message: Any) -> None:
+        # Strawberry would start another keep-alive task on each repeat, and
+        # keep hold of the last one only.
+        if self.connection_acknowledged:
+            await self.websocket.close(code=4429,
+                                       reason="Too many initialisation requests")
+            return
+        await super().handle_connection_init(message)
+
     async def handle_message(self, message: Any) -> None:
-        problem = shape_problem(message, "start", self.view.max_query_chars)
+        problem = shape_problem(message, "start", "stop", self.view.max_query_chars)
         if problem is not None:
             await self.websocket.close(code=4400, reason=problem)
             return

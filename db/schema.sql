@@ -189,12 +189,26 @@ BEGIN
             DROP CONSTRAINT IF EXISTS progress_events_result_id_fkey;
         ALTER TABLE progress_events ADD CONSTRAINT progress_events_result_id_fkey
             FOREIGN KEY (result_id) REFERENCES evaluation_results (id)
-            ON DELETE SET NULL;
+            ON DELETE SET NULL NOT VALID;
         ALTER TABLE progress_events DROP CONSTRAINT IF EXISTS progress_events_check;
         ALTER TABLE progress_events
             DROP CONSTRAINT IF EXISTS progress_events_result_check;
         ALTER TABLE progress_events ADD CONSTRAINT progress_events_result_check
             CHECK (kind = 'RESULT_ADDED' OR result_id IS NULL) NOT VALID;
+    END IF;
+END
+$$;
+
+-- A first cut of version 3 required exactly one of test_set_id and
+-- evaluation_id, which the claim-then-create order cannot meet.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_constraint
+               WHERE conname = 'idempotency_keys_check'
+                 AND pg_get_constraintdef(oid) LIKE '%<>%') THEN
+        ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_check;
+        ALTER TABLE idempotency_keys ADD CONSTRAINT idempotency_keys_check
+            CHECK (test_set_id IS NULL OR evaluation_id IS NULL);
     END IF;
 END
 $$;

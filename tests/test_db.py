@@ -18,3 +18,18 @@ async def test_jsonb_round_trips_on_every_pooled_connection(pool):
     finally:
         for conn in conns:
             await pool.release(conn)
+
+
+async def test_migrate_mends_the_first_cut_of_the_idempotency_key_check(
+        database_url, pool):
+    await pool.execute(
+        "ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_check;"
+        " ALTER TABLE idempotency_keys ADD CONSTRAINT idempotency_keys_check"
+        " CHECK ((test_set_id IS NULL) <> (evaluation_id IS NULL)) NOT VALID")
+
+    await db.migrate(Settings(database_url=database_url))
+
+    definition = await pool.fetchval(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conname = 'idempotency_keys_check'")
+    assert "<>" not in definition and "OR" in definition

@@ -154,3 +154,23 @@ async def test_a_completed_run_with_failed_results_can_retry_just_those(
     assert await stored_results(pool, evaluation_id) == (8, 8)
     # Only the two failed cases were asked again.
     assert len(fake.calls) == 10
+
+
+async def test_an_earlier_attempt_cannot_finish_an_evaluation_run_again(stack, pool):
+    from app.store import evaluations as evaluation_store
+
+    test_set = await create_test_set(stack, arithmetic_cases(2))
+    evaluation_id = (await create_evaluation(stack, test_set["id"]))["id"]
+    await stack.wait_for_status(evaluation_id, "COMPLETED")
+    row_id = int(evaluation_id.removeprefix("ev_"))
+    # As if it was cancelled and run again while attempt 1 was ending.
+    await pool.execute("UPDATE evaluations SET status = 'QUEUED', attempt = 2"
+                       " WHERE id = $1", row_id)
+
+    late = await evaluation_store.change_status(
+        pool, row_id, "COMPLETED", from_statuses=("QUEUED", "IN_PROGRESS"),
+        attempt=1)
+
+    assert late is None
+    assert await pool.fetchval("SELECT status FROM evaluations WHERE id = $1",
+                               row_id) == "QUEUED"

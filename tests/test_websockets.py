@@ -270,3 +270,34 @@ async def test_a_subscription_over_http_is_told_to_use_a_websocket(idle_stack):
 
     assert raised.value.code == "BAD_USER_INPUT"
     assert "websockets" in raised.value.message
+
+
+async def test_a_repeated_graphql_ws_init_is_refused_and_leaves_no_task(idle_stack):
+    tasks_before = len(asyncio.all_tasks())
+    ws = await connect(idle_stack, "graphql-ws")
+    await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+    with pytest.raises(websockets.ConnectionClosed):
+        async with asyncio.timeout(5):
+            while True:
+                await ws.recv()
+    async with asyncio.timeout(5):
+        while len(asyncio.all_tasks()) > tasks_before:
+            await asyncio.sleep(0.05)
+
+    assert ws.close_code == 4429
+
+
+@pytest.mark.parametrize("protocol, stop", [("graphql-transport-ws", "complete"),
+                                            ("graphql-ws", "stop")])
+async def test_a_stop_without_an_id_closes_the_socket_with_4400(
+        idle_stack, caplog, protocol, stop):
+    ws = await connect(idle_stack, protocol)
+    with caplog.at_level(logging.WARNING):
+        await ws.send(json.dumps({"type": stop}))
+        with pytest.raises(websockets.ConnectionClosed):
+            async with asyncio.timeout(5):
+                while True:
+                    await ws.recv()
+
+    assert ws.close_code == 4400
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []

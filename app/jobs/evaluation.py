@@ -194,8 +194,11 @@ async def _hand_back(job: JobContext, evaluation: EvaluationRow) -> str:
 async def _change_status(job: JobContext, evaluation: EvaluationRow, to_status: str,
                          *, from_statuses: tuple[str, ...],
                          error: str | None = None) -> bool:
+    # Only this attempt's own transitions: an evaluation cancelled and run
+    # again meanwhile belongs to the next attempt.
     changed = await evaluation_store.change_status(
-        job.pool, evaluation.id, to_status, from_statuses=from_statuses, error=error)
+        job.pool, evaluation.id, to_status, from_statuses=from_statuses, error=error,
+        attempt=evaluation.attempt)
     if changed is None:
         return False
     await events.publish(job.redis, job.redis_prefix, [changed[1]])
@@ -428,7 +431,9 @@ class _Run:
         # every caller is still waiting on a slow model. It also stops a run
         # whose lock went with its connection, before a worker that took the
         # run over and this one both call the model for the same cases.
-        while not self.stopping.is_set():
+        # On through a drain, too: a cancel or a lost lock must still abandon
+        # the calls in flight. execute() cancels this once the run is over.
+        while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
             if not await self.lock.still_held():
                 self.stop(stopped_by="LOCK_LOST")
@@ -437,6 +442,7 @@ class _Run:
                 self.job.pool, self.evaluation.id)
             if status != "IN_PROGRESS":
                 self.stop(stopped_by=status or "DELETED")
+                return
 
 
 # InternalClientError ("cannot switch to state ...; another operation is in

@@ -86,7 +86,9 @@ class Throttle:
             self._limited_since = now
         if self.resume_at > now:
             return None
-        if retry_after_s is not None:
+        # A Retry-After of 0 (or a date gone by) says nothing about how long
+        # to wait; the backoff does.
+        if retry_after_s is not None and retry_after_s > 0:
             wait_s = min(retry_after_s, _MAX_RETRY_AFTER_S)
         else:
             backoff = min(_FIRST_BACKOFF_S * 2 ** self._pauses_in_a_row,

@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 # to start without one.
 _PLACEHOLDER_API_KEY = "not-needed"
 
-# The openai client's own longest backoff between two attempts, in seconds.
-_MAX_BACKOFF_S = 8.0
+# The openai client's longest wait between two attempts, in seconds: it
+# honours a Retry-After of up to two minutes (its own backoff stops at 8 s).
+_MAX_BACKOFF_S = 120.0
 # Characters PostgreSQL text cannot hold: NUL, and halves of surrogate pairs
 # that a JSON body can smuggle in as escapes.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

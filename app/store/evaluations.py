@@ -174,9 +174,11 @@ async def change_status(
     *,
     from_statuses: Sequence[str],
     error: str | None = None,
+    attempt: int | None = None,
 ) -> tuple[EvaluationRow, ProgressEventRow] | None:
     """Move an evaluation on and record the event; None if it was not in
-    one of `from_statuses` (someone else moved it first)."""
+    one of `from_statuses` (someone else moved it first) or, when `attempt`
+    is given, is no longer at that attempt (it was run again since)."""
     async with pool.acquire() as conn, conn.transaction():
         record = await conn.fetchrow(
             "UPDATE evaluations SET status = $2, error = coalesce($3, error),"
@@ -186,8 +188,9 @@ async def change_status(
             "   completed_at = CASE WHEN $2 IN ('COMPLETED', 'FAILED', 'CANCELLED')"
             "                  THEN now() ELSE completed_at END"
             " WHERE id = $1 AND status = any($4::text[])"
+            "   AND ($5::int IS NULL OR attempt = $5)"
             f" RETURNING {_EVALUATION_COLUMNS}",
-            evaluation_id, to_status, error, list(from_statuses),
+            evaluation_id, to_status, error, list(from_statuses), attempt,
         )
         if record is None:
             return None
