@@ -8,11 +8,15 @@ every case. An answer that is not a usable completion (a body that is not
 JSON, no choices, a refusal, a content filter) is an error too, never an
 empty answer that would be scored as a wrong one.
 
-The openai client retries what is worth retrying (429, 5xx, resets,
-timeouts) with jittered backoff, honouring Retry-After up to two minutes;
-`max_retries` bounds it. Each attempt is bounded by `timeout_s` between
-bytes, and the whole call by a deadline, so a server that trickles an answer
-cannot hold a case forever either.
+The openai client retries what is worth retrying (5xx, resets, timeouts)
+with jittered backoff; `max_retries` bounds it. A 429 is not retried here:
+it comes back at once as `rate_limited`, with the Retry-After it carried, so
+that the run holds all its calls off together (app/jobs/throttle.py) rather
+than each caller sleeping on its own while the others keep knocking.
+
+Each attempt is bounded by `timeout_s` between bytes, and the whole call by
+a deadline, so a server that trickles an answer cannot hold a case forever
+either.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ log = logging.getLogger(__name__)
 # to start without one.
 _PLACEHOLDER_API_KEY = "not-needed"
 
-# The openai client's longest wait between two attempts, in seconds: it
-# honours a Retry-After of up to two minutes (its own backoff stops at 8 s).
+# The openai client's longest wait between two attempts, in seconds (a
+# Retry-After on a 5xx can ask for up to two minutes; its own backoff stops
+# at 8 s).
 _MAX_BACKOFF_S = 120.0
 # Characters PostgreSQL text cannot hold: NUL, and halves of surrogate pairs
 # that a JSON body can smuggle in as escapes.
@@ -76,13 +81,22 @@ class CallOptions:
     max_tokens: int | None = None
 
 
+class _NoRateLimitRetries(openai.AsyncOpenAI):
+    # _should_retry is the openai client's own hook (not a public one);
+    # tests/llm/test_model_faults.py fails if an upgrade stops calling it.
+    def _should_retry(self, response) -> bool:
+        if response.status_code == 429:
+            return False
+        return super()._should_retry(response)
+
+
 class ModelClient:
     """One openai client per process, shared by every evaluation it runs."""
 
     def __init__(self, base_url: str, api_key: str | None, *, timeout_s: float,
                  max_retries: int) -> None:
         self.base_url = base_url
-        self._client = openai.AsyncOpenAI(
+        self._client = _NoRateLimitRetries(
             base_url=base_url, api_key=api_key or _PLACEHOLDER_API_KEY,
             timeout=timeout_s, max_retries=max_retries,
         )
@@ -187,7 +201,8 @@ def _model_error(exc: openai.OpenAIError, latency_ms: int) -> ModelError:
                           "the model endpoint does not know this model (HTTP 404)",
                           fatal=True, latency_ms=latency_ms)
     if isinstance(exc, openai.RateLimitError):
-        return ModelError("rate_limited", "still rate limited after retries (HTTP 429)",
+        return ModelError("rate_limited",
+                          "the model endpoint is rate limiting (HTTP 429)",
                           latency_ms=latency_ms,
                           retry_after_s=_retry_after_s(exc.response))
     if isinstance(exc, openai.APIStatusError):
