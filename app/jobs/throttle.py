@@ -1,6 +1,6 @@
 """Slowing a run down when the model endpoint rate limits it.
 
-A 429 that outlasts the openai client's own retries does not fail the case:
+A 429 (which the model client does not retry itself) does not fail the case:
 the whole run holds off (for as long as the endpoint's Retry-After asked, or
 an exponential, jittered backoff when it did not say), halves the number of
 calls it makes at a time, and retries the case. Every answer lets one more
