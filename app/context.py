@@ -3,9 +3,10 @@
 Each loader answers one "things by key" question with one SQL statement per
 batch, so a list of a hundred evaluations costs the same few queries as one.
 Loaders do not cache: a websocket connection lives for hours and shares one
-context, and evaluations change under it all the time. Test cases are the
-exception (SharedTestCases): they never change, and every progress event
-that selects its result's test case would otherwise cost a query.
+context, and evaluations change under it all the time. What never changes
+once made is the exception: test cases (SharedTestCases, for the whole
+process: every progress event that selects its result's test case would
+otherwise cost a query) and categories (per request).
 """
 
 from __future__ import annotations
@@ -100,7 +101,10 @@ class Services:
 class Loaders:
     def __init__(self, pool: asyncpg.Pool, test_cases: SharedTestCases) -> None:
         self.test_set = _by_id(pool, test_set_store.test_sets_by_ids)
-        self.category = _by_id(pool, test_set_store.categories_by_ids)
+        # A category never changes once made (it goes only with its test
+        # set), so this one may remember: the categories of test cases and of
+        # category scores, asked for at different moments, cost one query.
+        self.category = _by_id(pool, test_set_store.categories_by_ids, cache=True)
         self.test_case = test_cases
         self.evaluation = _by_id(pool, evaluation_store.evaluations_by_ids)
         self.categories_of_test_set = _grouped(
@@ -160,12 +164,12 @@ class Context:
 
 def _by_id(pool: asyncpg.Pool,
            fetch: Callable[[asyncpg.Pool, Sequence[int]], Awaitable[list[Any]]],
-           ) -> DataLoader[int, Any]:
+           *, cache: bool = False) -> DataLoader[int, Any]:
     async def load(ids: list[int]) -> list[Any]:
         rows = {row.id: row for row in await fetch(pool, ids)}
         return [rows.get(i) for i in ids]
 
-    return DataLoader(load, cache=False)
+    return DataLoader(load, cache=cache)
 
 
 def _grouped(pool: asyncpg.Pool,
