@@ -195,10 +195,7 @@ async def change_status(
         if record is None:
             return None
         evaluation = from_record(EvaluationRow, record)
-        event = _event(evaluation, "STATUS_CHANGED", evaluation.last_sequence,
-                       evaluation.completed_cases, evaluation.failed_cases,
-                       evaluation.score, None)
-        await _insert_events(conn, [event])
+        event = await _record_event(conn, evaluation, "STATUS_CHANGED")
     return evaluation, event
 
 
@@ -251,10 +248,7 @@ async def queue_again(
             evaluation_id, to_retry, queue_prefix,
         )
         evaluation = from_record(EvaluationRow, record)
-        event = _event(evaluation, "STATUS_CHANGED", evaluation.last_sequence,
-                       evaluation.completed_cases, evaluation.failed_cases,
-                       evaluation.score, None)
-        await _insert_events(conn, [event])
+        event = await _record_event(conn, evaluation, "STATUS_CHANGED")
     return evaluation, event
 
 
@@ -271,14 +265,8 @@ async def record_rate_limit(
             evaluation_id)
         if record is None:
             return None
-        evaluation = from_record(EvaluationRow, record)
-        event = dataclasses.replace(
-            _event(evaluation, "RATE_LIMITED", evaluation.last_sequence,
-                   evaluation.completed_cases, evaluation.failed_cases,
-                   evaluation.score, None),
-            wait_seconds=wait_seconds)
-        await _insert_events(conn, [event])
-    return event
+        return await _record_event(conn, from_record(EvaluationRow, record),
+                                   "RATE_LIMITED", wait_seconds=wait_seconds)
 
 
 async def store_results(
@@ -376,6 +364,20 @@ def _event(
         completed_cases=completed_cases, failed_cases=failed_cases, score=score,
         result=result,
     )
+
+
+async def _record_event(conn: asyncpg.Connection, evaluation: EvaluationRow,
+                        kind: str, *, wait_seconds: float | None = None,
+                        ) -> ProgressEventRow:
+    """Record the event an update of the evaluation row (which advanced its
+    last_sequence, in this transaction) stands for, with its counters."""
+    event = dataclasses.replace(
+        _event(evaluation, kind, evaluation.last_sequence,
+               evaluation.completed_cases, evaluation.failed_cases,
+               evaluation.score, None),
+        wait_seconds=wait_seconds)
+    await _insert_events(conn, [event])
+    return event
 
 
 async def _insert_events(
