@@ -3,10 +3,14 @@ time.
 
 A key is `assay_` and 43 URL-safe characters (256 random bits). Only its
 SHA-256 digest is stored, with its first characters for telling keys apart
-in listings.
+in listings. A key acts in one workspace with one role: viewers read and
+follow, editors also create, run, cancel and delete, admins also manage the
+workspace's keys.
 
-The API does not check keys yet: until it does, they are made and managed
-(`assay keys`) but every request acts on everything.
+Keys reach the API as `Authorization: Bearer KEY` on HTTP, and in the
+websocket connection_init payload as `{"authorization": "Bearer KEY"}` or
+`{"apiKey": "KEY"}`. With authentication turned off (ASSAY_AUTH=off) every
+request acts as an admin of the workspace "default".
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from app.store import api_keys as key_store
 from app.store.api_keys import ApiKeyRow
 
 KEY_PREFIX = "assay_"
+# In order of what they may do: each role may do all the one before may.
 ROLES = ("viewer", "editor", "admin")
+VIEWER, EDITOR, ADMIN = ROLES
+DEFAULT_WORKSPACE = "default"
 # Shown in listings: the prefix and the first few random characters.
 _SHOWN_CHARS = len(KEY_PREFIX) + 6
 
@@ -35,7 +42,31 @@ class Caller:
     workspace_id: int
     workspace: str
     role: str
-    key_id: int
+    # None when authentication is off.
+    key_id: int | None
+    expires_at: datetime.datetime | None = None
+
+    def may(self, role: str) -> bool:
+        """Whether this caller's role includes `role`."""
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+class KeyRefused(Exception):
+    """The credentials presented do not authenticate; the message says why,
+    without repeating the key."""
+
+
+def presented_key(header: str | None) -> str:
+    """The key in an `Authorization` header value (or a websocket payload's
+    `authorization` field); KeyRefused when there is none or it is not a
+    bearer key."""
+    if header is None or not header.strip():
+        raise KeyRefused("no API key: send the header 'Authorization: Bearer"
+                         " <key>' (create a key with `assay keys create`)")
+    scheme, _, key = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise KeyRefused("the Authorization header must be 'Bearer <key>'")
+    return key.strip()
 
 
 def digest(key: str) -> str:
@@ -56,17 +87,29 @@ async def create_key(pool: asyncpg.Pool, workspace: str, role: str, *,
     return row, key
 
 
-async def authenticate(pool: asyncpg.Pool, presented: str) -> Caller | None:
-    """The caller a presented key acts for; None for a key that is unknown,
-    revoked or expired."""
+async def authenticate(pool: asyncpg.Pool, presented: str) -> Caller:
+    """The caller a presented key acts for; KeyRefused for a key that is
+    unknown, revoked or expired.
+
+    The key is looked up by its digest, so the lookup's timing says nothing
+    about how much of a stored key a guess matched, and the digests are then
+    compared in constant time as well."""
     presented_digest = digest(presented)
     found = await key_store.key_by_digest(pool, presented_digest)
-    if found is None:
-        return None
-    row, stored_digest = found
-    if not hmac.compare_digest(stored_digest, presented_digest):
-        return None
-    if row.status(datetime.datetime.now(datetime.UTC)) != "active":
-        return None
+    if found is None or not hmac.compare_digest(found[1], presented_digest):
+        raise KeyRefused("the API key is not valid")
+    row = found[0]
+    status = row.status(datetime.datetime.now(datetime.UTC))
+    if status != "active":
+        raise KeyRefused(f"the API key has been {status}"
+                         if status == "revoked" else "the API key has expired")
     return Caller(workspace_id=row.workspace_id, workspace=row.workspace,
-                  role=row.role, key_id=row.id)
+                  role=row.role, key_id=row.id, expires_at=row.expires_at)
+
+
+async def unauthenticated_caller(pool: asyncpg.Pool) -> Caller:
+    """Who every request acts as when authentication is off: an admin of the
+    workspace "default"."""
+    workspace_id = await key_store.ensure_workspace(pool, DEFAULT_WORKSPACE)
+    return Caller(workspace_id=workspace_id, workspace=DEFAULT_WORKSPACE,
+                  role=ADMIN, key_id=None)

@@ -186,7 +186,7 @@ async def _schema(args: argparse.Namespace, settings: Settings) -> int:
 async def _import(args: argparse.Namespace, settings: Settings) -> int:
     from app.importer import command as import_command
 
-    return await import_command.run(args)
+    return await import_command.run(args, api_key=settings.api_key)
 
 
 async def _keys(args: argparse.Namespace, settings: Settings) -> int:

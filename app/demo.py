@@ -7,8 +7,10 @@ the example test set through the API, runs an evaluation of it while drawing
 its live progress from the `evaluationProgress` subscription, prints the
 scores per category, and stops everything it started.
 
-The demo is a client like any other: it reaches the API only over HTTP and a
-websocket, so it exercises the same paths a user's own client would.
+The demo is a client like any other: it makes itself an API key (an admin
+key of the workspace "demo", expiring in DEMO_KEY_DAYS days) and reaches the
+API only over HTTP and a websocket with it, so it exercises the same paths a
+user's own client would.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
 
+from app import auth
 from app.importer.readers import FieldOptions, ImportFileError, read_test_cases
 from app.llm.simulator import MODEL_ID as SIMULATED_MODEL
 from app.llm.simulator import SimulatorConfig
@@ -58,6 +61,8 @@ PROMPT_TEMPLATE = "Q: {{ question }}\nA:"
 SYSTEM_PROMPT = ("You answer quiz questions. Reply with the answer alone: one"
                  " number or a few words, with no explanation and no full stop.")
 EVALUATION_CONCURRENCY = 2
+DEMO_WORKSPACE = "demo"
+DEMO_KEY_DAYS = 7
 READY_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 30.0
 # How long the progress stream may stay silent before the demo gives up.
@@ -161,6 +166,7 @@ class _Demo:
         self.ready_checks: list[tuple[ChildProcess, str]] = []
         self.api_port = 0
         self.http: httpx2.AsyncClient | None = None
+        self.key = ""
 
     @property
     def api_url(self) -> str:
@@ -173,6 +179,7 @@ class _Demo:
         self.settings, self.services = await ensure_services(
             self.settings, self.data_dir, report=_say)
         await self._migrate()
+        self.key = await self._make_key()
 
         model, model_base_url = self._choose_model()
         if model_base_url is None:
@@ -180,7 +187,9 @@ class _Demo:
         self._start_api_and_worker(model_base_url)
         _say(f"Logs of the processes the demo started are in {_shown(self.log_dir)}")
 
-        self.http = httpx2.AsyncClient(timeout=REQUEST_TIMEOUT_S)
+        self.http = httpx2.AsyncClient(
+            timeout=REQUEST_TIMEOUT_S,
+            headers={"Authorization": f"Bearer {self.key}"})
         outcome = await self._while_children_run(self._evaluate(model))
         code = self._print_outcome(outcome, model)
 
@@ -189,6 +198,20 @@ class _Demo:
         _say(f"To explore the evaluation in GraphiQL at {self.api_url}, run the "
              "demo with --keep-running: the API stops now.")
         return code
+
+    async def _make_key(self) -> str:
+        pool = await db.create_pool(self.settings, max_size=2,
+                                    application_name="assay-demo")
+        try:
+            row, key = await auth.create_key(
+                pool, DEMO_WORKSPACE, auth.ADMIN, name="assay demo",
+                expires_at=(datetime.datetime.now(datetime.UTC)
+                            + datetime.timedelta(days=DEMO_KEY_DAYS)))
+        finally:
+            await pool.close()
+        _say(f"Made an admin API key of workspace {DEMO_WORKSPACE!r} for the demo"
+             f" ({row.key_start}…, expires in {DEMO_KEY_DAYS} days)")
+        return key
 
     async def stop(self) -> None:
         """Stop every child this demo started, then any service it started."""
@@ -409,7 +432,7 @@ class _Demo:
             while True:
                 try:
                     async with contextlib.aclosing(_subscribe(
-                            ws_url, EVALUATION_PROGRESS,
+                            ws_url, self.key, EVALUATION_PROGRESS,
                             {"id": evaluation_id, "after": last_sequence})) as events:
                         async for event in events:
                             last_sequence = event["sequence"]
@@ -462,8 +485,14 @@ class _Demo:
         return 0
 
     async def _keep_running(self) -> int:
-        _say(f"The API stays up at {self.api_url} (open it in a browser for "
-             "GraphiQL), with the worker and model; press Ctrl-C to stop them.")
+        _say(f"The API stays up at {self.api_url}, with the worker and model;"
+             " press Ctrl-C to stop them.\n"
+             f"To use GraphiQL, open {self.api_url} in a browser and paste this"
+             " into its Headers tab (bottom left):\n"
+             f'  {{"Authorization": "Bearer {self.key}"}}\n'
+             "Scripts send the same header; websocket clients send"
+             f' {{"authorization": "Bearer {self.key}"}} as the connection_init'
+             " payload.")
         try:
             await self._while_children_run(asyncio.Event().wait())
         except asyncio.CancelledError:
@@ -511,7 +540,7 @@ class _NoProgress(Exception):
 # --- graphql-transport-ws -------------------------------------------------------
 
 
-async def _subscribe(url: str, query: str,
+async def _subscribe(url: str, key: str, query: str,
                      variables: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """The events of one subscription over the graphql-transport-ws protocol.
 
@@ -521,7 +550,8 @@ async def _subscribe(url: str, query: str,
     """
     async with connect(url, subprotocols=[GRAPHQL_TRANSPORT_WS],
                        open_timeout=REQUEST_TIMEOUT_S) as ws:
-        await _send(ws, {"type": "connection_init", "payload": {}})
+        await _send(ws, {"type": "connection_init",
+                         "payload": {"authorization": f"Bearer {key}"}})
         ack = await _receive(ws, REQUEST_TIMEOUT_S)
         if ack.get("type") != "connection_ack":
             raise DemoError(f"the API answered connection_init with {ack!r}")

@@ -25,6 +25,7 @@ class Kind(enum.Enum):
     TEST_CASE = "tc"
     EVALUATION = "ev"
     RESULT = "res"
+    API_KEY = "key"
 
 
 def encode(kind: Kind, row_id: int) -> str:

@@ -11,7 +11,7 @@ import datetime
 import logging
 import sys
 
-from app import auth, validation
+from app import auth, ids, validation
 from app.errors import BadUserInput
 from app.settings import Settings
 from app.store import api_keys as key_store
@@ -40,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.set_defaults(action=_list)
 
     revoke = actions.add_parser("revoke", help="stop a key from working")
-    revoke.add_argument("key_id", type=int, metavar="ID",
-                        help="the key's id, as `assay keys list` shows it")
+    revoke.add_argument("key_id", type=_key_id, metavar="ID",
+                        help="the key's id, as `assay keys list` shows it"
+                        " (key_12, or just 12)")
     revoke.set_defaults(action=_revoke)
 
 
@@ -74,7 +75,8 @@ async def _create(args: argparse.Namespace, pool) -> int:
              row.role)
     expiry = (f"expires {row.expires_at:%Y-%m-%d %H:%M} UTC" if row.expires_at
               else "never expires")
-    print(f"Key {row.id} for workspace {workspace!r}: role {row.role}, {expiry}.")
+    print(f"Made {_shown(row.id)} for workspace {workspace!r}: role {row.role},"
+          f" {expiry}.")
     print("It is shown only now; keep it somewhere safe:")
     print(key)
     return 0
@@ -87,7 +89,7 @@ async def _list(args: argparse.Namespace, pool) -> int:
               "STATUS")]
     for row in rows:
         lines.append((
-            str(row.id), row.workspace, row.role, row.name or "-",
+            _shown(row.id), row.workspace, row.role, row.name or "-",
             f"{row.key_start}…", f"{row.created_at:%Y-%m-%d %H:%M}",
             f"{row.expires_at:%Y-%m-%d %H:%M}" if row.expires_at else "never",
             row.status(now)))
@@ -101,12 +103,27 @@ async def _list(args: argparse.Namespace, pool) -> int:
 async def _revoke(args: argparse.Namespace, pool) -> int:
     row = await key_store.revoke_key(pool, args.key_id)
     if row is None:
-        print(f"assay keys revoke: no key with id {args.key_id}", file=sys.stderr)
+        print(f"assay keys revoke: no key with id {_shown(args.key_id)}",
+              file=sys.stderr)
         return 1
     log.info("API key %s of workspace %r revoked", row.id, row.workspace)
-    print(f"Key {row.id} of workspace {row.workspace!r} is revoked"
+    print(f"{_shown(row.id)} of workspace {row.workspace!r} is revoked"
           f" (since {row.revoked_at:%Y-%m-%d %H:%M:%S} UTC).")
     return 0
+
+
+def _shown(key_id: int) -> str:
+    # The id the API uses too (revokeApiKey).
+    return ids.encode(ids.Kind.API_KEY, key_id)
+
+
+def _key_id(text: str) -> int:
+    text = text.strip()
+    try:
+        return ids.decode(ids.Kind.API_KEY,
+                          f"key_{text}" if text.isdigit() else text, field="ID")
+    except BadUserInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _positive_days(text: str) -> float:

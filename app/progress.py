@@ -38,16 +38,19 @@ class Snapshot:
 async def follow(
     pool: asyncpg.Pool,
     hub: ProgressHub,
+    workspace_id: int,
     evaluation_id: int,
     after_sequence: int | None,
 ) -> AsyncIterator[Snapshot | ProgressEventRow]:
     """A Snapshot first (unless `after_sequence` is given), then each event,
-    ending after the one that finishes the evaluation."""
+    ending after the one that finishes the evaluation. An evaluation of
+    another workspace is one that does not exist."""
     if after_sequence is not None and after_sequence < 0:
         raise BadUserInput("afterSequence: must be 0 or more")
 
     with hub.listen(evaluation_id) as listener:
-        evaluation = await evaluation_store.get_evaluation(pool, evaluation_id)
+        evaluation = await evaluation_store.get_evaluation(
+            pool, evaluation_id, workspace_id=workspace_id)
         if evaluation is None:
             raise NotFound("evaluationId: no evaluation with this id")
         if after_sequence is not None and after_sequence > evaluation.last_sequence:

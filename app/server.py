@@ -15,13 +15,16 @@ from graphql import GraphQLError
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import (
+    DisableIntrospection,
     MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
@@ -30,7 +33,9 @@ from strawberry.extensions import (
 )
 from strawberry.schema.exceptions import InvalidOperationTypeError
 
-from app.context import Context, Loaders, Services, SharedTestCases
+from app import auth
+from app.connections import OpenConnections
+from app.context import Context, Services, SharedTestCases
 from app.errors import ApiError
 from app.events import ProgressHub
 from app.jobs import queue
@@ -97,32 +102,99 @@ def _is_subscription_over_http(error: GraphQLError) -> bool:
 
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     settings = settings or Settings()
-    return _Schema(
-        query=Query, mutation=Mutation, subscription=Subscription,
-        extensions=[
-            # Parsing and validating a document costs more than running a
-            # small query; the caches make repeated documents nearly free.
-            # Keyed by the whole document, which ASSAY_MAX_QUERY_CHARS bounds.
-            lambda: ParserCache(maxsize=200),
-            lambda: ValidationCache(maxsize=200),
-            lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
-            lambda: MaxAliasesLimiter(max_alias_count=settings.max_query_aliases),
-            lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
-        ])
+    extensions: list[Any] = [
+        # Parsing and validating a document costs more than running a
+        # small query; the caches make repeated documents nearly free.
+        # Keyed by the whole document, which ASSAY_MAX_QUERY_CHARS bounds.
+        lambda: ParserCache(maxsize=200),
+        lambda: ValidationCache(maxsize=200),
+        lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
+        lambda: MaxAliasesLimiter(max_alias_count=settings.max_query_aliases),
+        lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
+    ]
+    if not settings.introspection:
+        extensions.append(DisableIntrospection)
+    return _Schema(query=Query, mutation=Mutation, subscription=Subscription,
+                   extensions=extensions)
 
 
 class AssayGraphQL(GraphQL):
-    """The GraphQL endpoint, with Assay's context on every operation."""
+    """The GraphQL endpoint: every operation authenticated, with Assay's
+    context.
+
+    HTTP requests are authenticated before Strawberry sees them (only the
+    GraphiQL page itself is served without a key: it holds no data, and the
+    key is typed into its headers). Websockets are authenticated at
+    connection_init, which both subprotocols send before any operation.
+    """
 
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
 
-    def __init__(self, schema: strawberry.Schema, *, keepalive_s: float,
-                 max_query_chars: int) -> None:
+    def __init__(self, schema: strawberry.Schema, settings: Settings) -> None:
         # graphql-ws has its own keep-alive messages; Strawberry sends them.
-        super().__init__(schema, keep_alive=True, keep_alive_interval=keepalive_s)
-        self.keepalive_s = keepalive_s
-        self.max_query_chars = max_query_chars
+        # Strawberry checks a websocket's Origin against allowed_origins (a
+        # browser page elsewhere must be on the list, as for CORS).
+        super().__init__(schema, keep_alive=True,
+                         keep_alive_interval=settings.ws_keepalive_s,
+                         graphql_ide="graphiql" if settings.graphiql else None,
+                         allowed_origins=settings.cors_origins)
+        self.keepalive_s = settings.ws_keepalive_s
+        self.max_query_chars = settings.max_query_chars
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._is_ide_page(Request(scope)):
+            services: Services = scope["app"].state.services
+            try:
+                scope[_CALLER] = await _caller_of(
+                    services, Request(scope).headers.get("authorization"))
+            except auth.KeyRefused as refused:
+                await _unauthenticated(str(refused))(scope, receive, send)
+                return
+            except db.UNAVAILABLE as exc:
+                log.warning("cannot check an API key: PostgreSQL is unavailable"
+                            " (%s)", exc)
+                await _keys_unavailable()(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    def _is_ide_page(self, request: Request) -> bool:
+        # As Strawberry decides to serve GraphiQL: a browser's plain GET.
+        return (request.method == "GET" and "query" not in request.query_params
+                and "text/html" in request.headers.get("accept", ""))
+
+    async def on_ws_connect(self, context: Context) -> dict[str, object]:
+        params = context.connection_params or {}
+        header = params.get("authorization") or params.get("Authorization")
+        if header is None and params.get("apiKey") is not None:
+            header = f"Bearer {params['apiKey']}"
+        try:
+            if header is not None and not isinstance(header, str):
+                raise auth.KeyRefused("authorization must be a string")
+            caller = await _caller_of(context.services, header)
+        except auth.KeyRefused as refused:
+            log.info("websocket refused: %s", refused)
+            raise ConnectionRejectionError(
+                {"message": str(refused), "code": "UNAUTHENTICATED"}) from None
+        except db.UNAVAILABLE as exc:
+            # Not the client's fault, so not a 4403: 1011 tells it to retry.
+            log.warning("cannot check an API key: PostgreSQL is unavailable"
+                        " (%s)", exc)
+            await context.request.close(code=1011,
+                                        reason="keys cannot be checked now")
+            return {}
+        context.caller = caller
+        context.services.connections.add(caller, context.request)
+        return {"workspace": caller.workspace, "role": caller.role}
+
+    async def run(self, request: Any, context: Any = None,
+                  root_value: Any = None) -> Any:
+        if not isinstance(request, WebSocket):
+            return await super().run(request)
+        try:
+            return await super().run(request)
+        finally:
+            request.app.state.services.connections.discard(request)
 
     async def parse_http_body(self, request: Any) -> Any:
         data = await super().parse_http_body(request)
@@ -165,9 +237,33 @@ class AssayGraphQL(GraphQL):
 
     async def get_context(self, request: Request | WebSocket,
                           response: Response | WebSocket) -> Context:
-        services: Services = request.app.state.services
-        return Context(services=services, request=request,
-                       loaders=Loaders(services.pool, services.test_cases))
+        return Context(services=request.app.state.services, request=request,
+                       caller=request.scope.get(_CALLER))
+
+
+# Where an HTTP request's caller waits in its ASGI scope for get_context.
+_CALLER = "assay.caller"
+
+
+async def _caller_of(services: Services, authorization: str | None) -> auth.Caller:
+    if not services.settings.auth_enabled:
+        return services.unauthenticated_caller
+    return await auth.authenticate(services.pool, auth.presented_key(authorization))
+
+
+def _keys_unavailable() -> JSONResponse:
+    return JSONResponse(
+        {"errors": [{"message": "the API cannot check keys now: its database is"
+                     " unavailable; try again shortly",
+                     "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]},
+        status_code=503, headers={"Retry-After": "5"})
+
+
+def _unauthenticated(message: str) -> JSONResponse:
+    return JSONResponse(
+        {"errors": [{"message": message,
+                     "extensions": {"code": "UNAUTHENTICATED"}}]},
+        status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -239,34 +335,54 @@ async def root(request: Request) -> RedirectResponse:
     return RedirectResponse("/graphql")
 
 
+class _NoWireDumps(logging.Filter):
+    """Drops the websockets library's DEBUG dumps of what crosses the wire
+    (handshake headers, then every frame, logged by uvicorn's websocket
+    server as "uvicorn.error"): a connection_init frame, or an Authorization
+    header on the handshake, holds an API key."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.DEBUG and isinstance(record.msg, str)
+                    and record.msg.startswith(("< ", "> ")))
+
+
 def create_app(settings: Settings, *,
                query_logger: Callable[[Any], None] | None = None) -> Starlette:
+    _keep_keys_out_of_logs()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await db.create_pool(settings, query_logger=query_logger,
                                     application_name="assay-api")
-        arq = hub = None
+        arq = hub = key_watch = None
         try:
             await db.check_schema(pool)
             arq = await queue.connect(settings.redis_url)
             hub = ProgressHub(settings.redis_url, settings.redis_prefix)
             await hub.start()
-            app.state.services = Services(settings=settings, pool=pool, arq=arq,
-                                          test_cases=SharedTestCases(pool),
-                                          hub=hub)
+            connections = OpenConnections(pool, settings.key_check_s)
+            key_watch = asyncio.create_task(connections.watch())
+            app.state.services = Services(
+                settings=settings, pool=pool, arq=arq,
+                test_cases=SharedTestCases(pool), hub=hub, connections=connections,
+                unauthenticated_caller=(None if settings.auth_enabled else
+                                        await auth.unauthenticated_caller(pool)))
+            _log_security(settings)
             log.info("API ready: database %s, Redis %s", settings.safe_database_url,
                      settings.safe_redis_url)
             yield
         finally:
+            if key_watch is not None:
+                key_watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await key_watch
             if hub is not None:
                 await hub.stop()
             if arq is not None:
                 await arq.aclose()
             await pool.close()
 
-    graphql = AssayGraphQL(build_schema(settings),
-                           keepalive_s=settings.ws_keepalive_s,
-                           max_query_chars=settings.max_query_chars)
+    graphql = AssayGraphQL(build_schema(settings), settings)
     # A Route and a WebSocketRoute on the same path: a Mount would redirect
     # /graphql to /graphql/, which a websocket cannot follow.
     return Starlette(
@@ -277,6 +393,36 @@ def create_app(settings: Settings, *,
             Route("/", root),
         ],
         lifespan=lifespan,
-        middleware=[Middleware(RequestSizeLimit,
-                               max_bytes=settings.max_request_bytes)],
+        middleware=[
+            # Outermost, so that a preflight is answered before anything else
+            # and refusals (413, 401) still carry the CORS headers a browser
+            # needs to show them to the page.
+            Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                       allow_methods=["GET", "POST"],
+                       allow_headers=["Authorization", "Content-Type"],
+                       max_age=600),
+            Middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes),
+        ],
     )
+
+
+def _keep_keys_out_of_logs() -> None:
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _NoWireDumps) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_NoWireDumps())
+
+
+def _log_security(settings: Settings) -> None:
+    if not settings.auth_enabled:
+        banner = "!" * 72
+        log.warning(banner)
+        log.warning("AUTHENTICATION IS OFF (ASSAY_AUTH=off): every request, from"
+                    " anyone who can reach this port, acts as an admin of the"
+                    " workspace 'default'. Never run it this way where others"
+                    " can connect.")
+        log.warning(banner)
+    log.info("browser origins allowed (ASSAY_CORS_ORIGINS): %s; introspection %s;"
+             " GraphiQL %s",
+             ", ".join(settings.cors_origins) or "none",
+             "on" if settings.introspection else "off",
+             "on" if settings.graphiql else "off")

@@ -61,6 +61,19 @@ class Settings:
     ws_keepalive_s: float = 5.0
     # How long createTestSet/createEvaluation remember an idempotency key.
     idempotency_key_hours: float = 24.0
+    # Every request must present an API key unless this is turned off
+    # (ASSAY_AUTH=off), which the API logs loudly at start-up.
+    auth_enabled: bool = True
+    # Browser origins (scheme://host[:port]) whose pages may call the API and
+    # open its websockets; none by default.
+    cors_origins: tuple[str, ...] = ()
+    introspection: bool = True
+    graphiql: bool = True
+    # How often the API re-checks the keys of open websockets, so that a key
+    # revoked elsewhere (`assay keys revoke`) or expiring ends its streams.
+    key_check_s: float = 5.0
+    # The key CLI commands that call the API present (`assay import`).
+    api_key: str | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.default_concurrency > self.max_concurrency:
@@ -110,6 +123,13 @@ class Settings:
                                    minimum=0.5),
             idempotency_key_hours=_number(env, "ASSAY_IDEMPOTENCY_KEY_HOURS", 24.0,
                                           float, minimum=0.01, maximum=24 * 366),
+            auth_enabled=_switch(env, "ASSAY_AUTH", True),
+            cors_origins=_origins(env, "ASSAY_CORS_ORIGINS"),
+            introspection=_switch(env, "ASSAY_INTROSPECTION", True),
+            graphiql=_switch(env, "ASSAY_GRAPHIQL", True),
+            key_check_s=_number(env, "ASSAY_KEY_CHECK_S", 5.0, float, minimum=0.1,
+                                maximum=3600.0),
+            api_key=env.get("ASSAY_API_KEY", "").strip() or None,
         )
 
     def replace(self, **changes: object) -> Settings:
@@ -173,6 +193,37 @@ def _prefix(env: Mapping[str, str], name: str, default: str) -> str:
             f"{name} must be 1-64 letters, digits or _ . : -, got {value!r}"
         )
     return value
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("on", "true", "1", "yes"):
+        return True
+    if raw in ("off", "false", "0", "no"):
+        return False
+    raise SettingsError(f"{name} must be on or off, got {raw!r}")
+
+
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of browser origins, each scheme://host[:port]."""
+    origins = []
+    for raw in env.get(name, "").split(","):
+        origin = raw.strip().rstrip("/")
+        if not origin:
+            continue
+        parts = urlsplit(origin)
+        # An allow-list of every origin is not an allow-list: refuse "*".
+        if (parts.scheme not in ("http", "https") or not parts.hostname
+                or parts.path or parts.query or parts.fragment
+                or parts.username or parts.password):
+            raise SettingsError(
+                f"{name} must list origins such as https://app.example.com"
+                f" (scheme, host and optional port, comma-separated), got"
+                f" {raw.strip()!r}")
+        origins.append(origin.lower())
+    return tuple(origins)
 
 
 def _number(env: Mapping[str, str], name: str, default: Number,

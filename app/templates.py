@@ -131,6 +131,11 @@ class TemplateError(ValueError):
     (`line N: ...` when the line is known)."""
 
 
+class TemplateRefused(TemplateError):
+    """Rendering reached for something the sandbox refuses (a private
+    attribute, an unsafe call, an operation over its size limits)."""
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     """A compiled prompt template; compile once, render for every test case.
@@ -169,7 +174,7 @@ class PromptTemplate:
         except jinja2.UndefinedError as error:
             raise TemplateError(f"{_where(error)}missing variable: {error}") from None
         except SecurityError as error:
-            raise TemplateError(f"{_where(error)}not allowed: {error}") from None
+            raise TemplateRefused(f"{_where(error)}not allowed: {error}") from None
         except Exception as error:
             # The template is user code: whatever it raises (a division by
             # zero, adding text to a number) is the template's fault.

@@ -5,7 +5,7 @@
 -- already up to date. The version below is what `serve` and `worker` require;
 -- raise it whenever this file changes.
 --
--- assay-schema-version: 5
+-- assay-schema-version: 6
 
 CREATE TABLE IF NOT EXISTS schema_version (
     version    integer PRIMARY KEY,
@@ -241,3 +241,56 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE INDEX IF NOT EXISTS api_keys_workspace_idx ON api_keys (workspace_id, id);
 
 INSERT INTO schema_version (version) VALUES (5) ON CONFLICT DO NOTHING;
+
+-- Version 6: every test set and evaluation belongs to a workspace (results,
+-- cases and events belong through them), and idempotency keys are one
+-- workspace's own. Rows made before workspaces existed go to the workspace
+-- "default", which is also where requests act when authentication is off.
+-- An evaluation's workspace is its test set's: the composite foreign key
+-- makes anything else impossible, whatever the code does.
+INSERT INTO workspaces (name) VALUES ('default') ON CONFLICT (name) DO NOTHING;
+DO $$
+DECLARE
+    fallback bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM schema_version WHERE version >= 6) THEN
+        SELECT id INTO fallback FROM workspaces WHERE name = 'default';
+
+        ALTER TABLE test_sets ADD COLUMN IF NOT EXISTS workspace_id bigint
+            REFERENCES workspaces (id);
+        UPDATE test_sets SET workspace_id = fallback WHERE workspace_id IS NULL;
+        ALTER TABLE test_sets ALTER COLUMN workspace_id SET NOT NULL;
+        ALTER TABLE test_sets DROP CONSTRAINT IF EXISTS test_sets_name_unique;
+        ALTER TABLE test_sets ADD CONSTRAINT test_sets_name_unique
+            UNIQUE (workspace_id, name);
+        ALTER TABLE test_sets ADD CONSTRAINT test_sets_workspace_unique
+            UNIQUE (id, workspace_id);
+
+        ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS workspace_id bigint;
+        UPDATE evaluations ev SET workspace_id = ts.workspace_id
+            FROM test_sets ts WHERE ts.id = ev.test_set_id
+              AND ev.workspace_id IS NULL;
+        ALTER TABLE evaluations ALTER COLUMN workspace_id SET NOT NULL;
+        ALTER TABLE evaluations ADD CONSTRAINT evaluations_workspace_fkey
+            FOREIGN KEY (test_set_id, workspace_id)
+            REFERENCES test_sets (id, workspace_id) ON DELETE CASCADE;
+
+        ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS workspace_id bigint
+            REFERENCES workspaces (id) ON DELETE CASCADE;
+        UPDATE idempotency_keys SET workspace_id = fallback
+            WHERE workspace_id IS NULL;
+        ALTER TABLE idempotency_keys ALTER COLUMN workspace_id SET NOT NULL;
+        ALTER TABLE idempotency_keys DROP CONSTRAINT IF EXISTS idempotency_keys_pkey;
+        ALTER TABLE idempotency_keys ADD CONSTRAINT idempotency_keys_pkey
+            PRIMARY KEY (workspace_id, operation, key);
+    END IF;
+END
+$$;
+CREATE INDEX IF NOT EXISTS test_sets_workspace_idx
+    ON test_sets (workspace_id, id DESC);
+CREATE INDEX IF NOT EXISTS evaluations_workspace_idx
+    ON evaluations (workspace_id, id DESC);
+CREATE INDEX IF NOT EXISTS evaluations_workspace_status_idx
+    ON evaluations (workspace_id, status, id DESC);
+
+INSERT INTO schema_version (version) VALUES (6) ON CONFLICT DO NOTHING;

@@ -17,10 +17,12 @@ from typing import Any
 import httpx2
 import uvicorn
 
+from app import auth
 from app.jobs.worker import build_worker
 from app.llm.simulator import SimulatorConfig, create_simulator_app
 from app.server import create_app
 from app.settings import Settings
+from app.store import db
 
 
 def free_port() -> int:
@@ -90,14 +92,32 @@ class GraphQLError(AssertionError):
         return self.errors[0]["message"]
 
 
+async def make_key(settings: Settings, workspace: str, role: str = "admin",
+                   **options: Any) -> str:
+    """A new API key, made as `assay keys create` makes one."""
+    pool = await db.create_pool(settings, max_size=2)
+    try:
+        _, key = await auth.create_key(pool, workspace, role, **options)
+    finally:
+        await pool.close()
+    return key
+
+
 @dataclasses.dataclass
 class Stack:
-    """An API and a worker sharing one settings object."""
+    """An API and a worker sharing one settings object. `http` sends `key`
+    (an admin key of the workspace "tests") with every request."""
 
     settings: Settings
     url: str
     http: httpx2.AsyncClient
     app: Any = None
+    key: str | None = None
+
+    @property
+    def init_payload(self) -> dict[str, str]:
+        """The websocket connection_init payload that authenticates `key`."""
+        return {"authorization": f"Bearer {self.key}"} if self.key else {}
 
     @property
     def graphql_url(self) -> str:
@@ -109,8 +129,19 @@ class Stack:
 
     async def query(self, document: str, **variables: Any) -> dict[str, Any]:
         """Run a query or mutation; raises GraphQLError if it has errors."""
-        response = await self.http.post(
-            self.graphql_url, json={"query": document, "variables": variables})
+        return await self.query_as(self.key, document, **variables)
+
+    async def query_as(self, key: str | None, document: str,
+                       **variables: Any) -> dict[str, Any]:
+        """Run a query or mutation with another key (None: none at all)."""
+        request = {"json": {"query": document, "variables": variables}}
+        if key is not None:
+            response = await self.http.post(
+                self.graphql_url, headers={"Authorization": f"Bearer {key}"},
+                **request)
+        else:
+            async with httpx2.AsyncClient(timeout=30) as bare:
+                response = await bare.post(self.graphql_url, **request)
         body = response.json()
         if body.get("errors"):
             raise GraphQLError(body["errors"])
@@ -141,5 +172,8 @@ async def running_stack(settings: Settings, *, with_worker: bool = True,
         if with_worker:
             await stack.enter_async_context(
                 worker(settings, max_evaluations=max_evaluations))
-        http = await stack.enter_async_context(httpx2.AsyncClient(timeout=30))
-        yield Stack(settings=settings, url=url, http=http, app=app)
+        key = (await make_key(settings, "tests") if settings.auth_enabled
+               else None)
+        http = await stack.enter_async_context(httpx2.AsyncClient(
+            timeout=30, headers={"Authorization": f"Bearer {key}"} if key else {}))
+        yield Stack(settings=settings, url=url, http=http, app=app, key=key)

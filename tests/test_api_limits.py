@@ -116,7 +116,8 @@ async def test_too_deep_too_aliased_or_too_long_queries_are_refused(stack, docum
 
 async def test_a_query_over_the_subscription_only_protocol_says_so(stack):
     async with websockets.connect(stack.ws_url, subprotocols=["graphql-ws"]) as ws:
-        await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        await ws.send(json.dumps({"type": "connection_init",
+                                  "payload": stack.init_payload}))
         while json.loads(await ws.recv())["type"] != "connection_ack":
             pass
         await ws.send(json.dumps({"id": "1", "type": "start", "payload": {

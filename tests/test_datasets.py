@@ -30,7 +30,7 @@ async def import_file(stack, path: Path, name: str, *options: str) -> dict:
     args = parser.parse_args([str(path), "--name", name, "--url", stack.url,
                               *options])
 
-    assert await import_command.run(args) == 0
+    assert await import_command.run(args, api_key=stack.key) == 0
     data = await stack.query(FIND_TEST_SET)
     return next(edge["node"] for edge in data["testSets"]["edges"]
                 if edge["node"]["name"] == name)
@@ -42,7 +42,8 @@ async def follow_with_gql(stack, evaluation_id: str) -> list[dict]:
     from gql.transport.websockets import WebsocketsTransport
 
     transport = WebsocketsTransport(url=stack.ws_url,
-                                    subprotocols=["graphql-transport-ws"])
+                                    subprotocols=["graphql-transport-ws"],
+                                    init_payload=stack.init_payload)
     request = GraphQLRequest(PROGRESS, variable_values={"id": evaluation_id})
     async with Client(transport=transport) as session:
         return [data["evaluationProgress"]

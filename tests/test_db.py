@@ -1,3 +1,5 @@
+import pytest
+
 from app.settings import Settings
 from app.store import db
 
@@ -33,3 +35,66 @@ async def test_migrate_mends_the_first_cut_of_the_idempotency_key_check(
         "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
         " WHERE conname = 'idempotency_keys_check'")
     assert "<>" not in definition and "OR" in definition
+
+
+async def test_migrating_from_schema_5_gives_existing_data_to_the_default_workspace(
+        database_url):
+    """A database made before workspaces: its test sets, evaluations and
+    idempotency keys all end up in "default", and names become unique per
+    workspace."""
+    from pathlib import Path
+
+    import asyncpg
+
+    from tests.conftest import ADMIN_DATABASE_URL, RUN_ID, _with_database
+
+    name = f"assay_test_{RUN_ID}_v5"
+    admin = await asyncpg.connect(ADMIN_DATABASE_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(ADMIN_DATABASE_URL, name)
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute((Path(__file__).parent / "fixtures"
+                                / "schema_v5.sql").read_text())
+            test_set = await conn.fetchval(
+                "INSERT INTO test_sets (name) VALUES ('old') RETURNING id")
+            await conn.execute(
+                "INSERT INTO evaluations (test_set_id, model, prompt_template,"
+                " scorer_type, concurrency, total_cases) VALUES"
+                " ($1, 'm', 't', 'NUMERIC', 1, 0)", test_set)
+            await conn.execute(
+                "INSERT INTO idempotency_keys (operation, key, request_digest,"
+                " test_set_id) VALUES ('createTestSet', 'k', 'd', $1)", test_set)
+
+            assert await db.migrate(Settings(database_url=url)) == 6
+
+            default = await conn.fetchval(
+                "SELECT id FROM workspaces WHERE name = 'default'")
+            other = await conn.fetchval(
+                "INSERT INTO workspaces (name) VALUES ('other') RETURNING id")
+            assert await conn.fetchval(
+                "SELECT workspace_id FROM test_sets") == default
+            assert await conn.fetchval(
+                "SELECT workspace_id FROM evaluations") == default
+            assert await conn.fetchval(
+                "SELECT workspace_id FROM idempotency_keys") == default
+            # The same name and key are free in another workspace...
+            await conn.execute(
+                "INSERT INTO test_sets (name, workspace_id) VALUES ('old', $1)", other)
+            await conn.execute(
+                "INSERT INTO idempotency_keys (operation, key, request_digest,"
+                " workspace_id) VALUES ('createTestSet', 'k', 'd', $1)", other)
+            # ...but an evaluation cannot belong to another workspace than its
+            # test set's.
+            with pytest.raises(asyncpg.ForeignKeyViolationError):
+                await conn.execute(
+                    "INSERT INTO evaluations (test_set_id, workspace_id, model,"
+                    " prompt_template, scorer_type, concurrency, total_cases)"
+                    " VALUES ($1, $2, 'm', 't', 'NUMERIC', 1, 0)", test_set, other)
+            assert await db.migrate(Settings(database_url=url)) == 6
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

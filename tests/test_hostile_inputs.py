@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from app.resolvers.evaluations import TRIAL_RENDERS
 from tests.factories import (
     CREATE_EVALUATION,
     CREATE_TEST_SET,
@@ -1006,7 +1007,8 @@ async def test_a_template_reaching_for_internals_is_refused_before_storing(
 
 
 # Templates that compile, since what they reach for is only known once they
-# run; the sandbox stops them as each case is rendered.
+# run with an input. createEvaluation tries each on the first test cases, so
+# the sandbox refuses them before anything is stored.
 SANDBOXED_TEMPLATES = [
     pytest.param("{{ question|attr(key) }}", "not allowed",
                  id="attr-with-a-name-from-the-input"),
@@ -1022,41 +1024,61 @@ SANDBOXED_TEMPLATES = [
                  id="str-format-map"),
     pytest.param("{{ question * 10000000 }}", "not allowed",
                  id="a-prompt-ten-million-long"),
-    pytest.param("{{ question.mro() }}", "missing variable",
-                 id="a-method-str-lacks"),
 ]
 
 
-@pytest_asyncio.fixture(scope="module")
-async def sandboxed_runs(stack, hostile_cases):
-    """The finished evaluation of each template of SANDBOXED_TEMPLATES, all
-    run at once."""
-    templates = [case.values[0] for case in SANDBOXED_TEMPLATES]
-    created = [(await stack.query(CREATE_EVALUATION, input=evaluation_input(
-        hostile_cases, promptTemplate=template)))["createEvaluation"]["id"]
-        for template in templates]
-    runs = {}
-    for template, evaluation_id in zip(templates, created, strict=True):
-        await stack.wait_for_status(evaluation_id, "COMPLETED", "FAILED")
-        runs[template] = (await send(stack, EVALUATION, id=evaluation_id))[
-            "data"]["evaluation"]
-    return runs
-
-
 @pytest.mark.parametrize(("template", "reason"), SANDBOXED_TEMPLATES)
-async def test_a_template_refused_only_by_the_sandbox_fails_each_case_harmlessly(
-        sandboxed_runs, template, reason):
-    evaluation = sandboxed_runs[template]
+async def test_a_template_the_sandbox_refuses_with_the_input_is_refused_at_create(
+        stack, pool, hostile_cases, template, reason):
+    before = await row_counts(pool)
 
-    # Nothing was sent to the model, and no Python internals reached a client.
-    [result] = [edge["node"] for edge in evaluation["results"]["edges"]]
-    assert result["output"] is None
-    assert result["passed"] is None
-    assert result["error"].startswith("template_error: line 1: ")
-    assert reason in result["error"]
-    assert "<class" not in result["error"]
-    assert " at 0x" not in result["error"]
+    error = await refusal(stack, CREATE_EVALUATION, input=evaluation_input(
+        hostile_cases, promptTemplate=template))
+
+    assert code_of(error) == "BAD_USER_INPUT"
+    assert error["message"].startswith(
+        "input.promptTemplate: with the input of test case tc_")
+    assert reason in error["message"]
+    assert "<class" not in error["message"]
+    assert " at 0x" not in error["message"]
+    assert await row_counts(pool) == before
+
+
+async def test_a_case_past_the_tried_ones_that_the_sandbox_refuses_fails_harmlessly(
+        stack):
+    """Only the first cases are tried at create: a later one whose input makes
+    the template reach for Python fails alone, and reaches no model."""
+    safe = [{"input": {"data": {"a": "x"}, "key": "a"}, "expectedOutput": "x"}]
+    test_set = await create_test_set(stack, safe * TRIAL_RENDERS + [
+        {"input": {"data": {"a": "x"}, "key": "__class__"}, "expectedOutput": "x"}],
+        name="late escape")
+    created = (await stack.query(CREATE_EVALUATION, input=evaluation_input(
+        test_set["id"], promptTemplate="{{ data[key] }}")))["createEvaluation"]
+    await stack.wait_for_status(created["id"], "COMPLETED", "FAILED")
+    evaluation = (await send(stack, EVALUATION, id=created["id"]))["data"]["evaluation"]
+
+    failed = [edge["node"] for edge in evaluation["results"]["edges"]
+              if edge["node"]["error"]]
     assert evaluation["status"] == "COMPLETED"
+    assert evaluation["failedCases"] == 1 == len(failed)
+    assert failed[0]["output"] is None and failed[0]["passed"] is None
+    assert failed[0]["error"].startswith("template_error: line 1: ")
+    assert "not allowed" in failed[0]["error"]
+    assert "<class" not in failed[0]["error"]
+
+
+async def test_a_template_that_fails_otherwise_is_left_to_the_run(
+        stack, hostile_cases):
+    """Only what the sandbox refuses is refused at create: other errors may hit
+    a few cases only, and fail those cases alone."""
+    created = (await stack.query(CREATE_EVALUATION, input=evaluation_input(
+        hostile_cases, promptTemplate="{{ question.mro() }}")))["createEvaluation"]
+    await stack.wait_for_status(created["id"], "COMPLETED", "FAILED")
+    evaluation = (await send(stack, EVALUATION, id=created["id"]))["data"]["evaluation"]
+
+    [result] = [edge["node"] for edge in evaluation["results"]["edges"]]
+    assert result["error"].startswith("template_error: line 1: ")
+    assert "missing variable" in result["error"]
     assert evaluation["failedCases"] == evaluation["totalCases"] == 1
 
 

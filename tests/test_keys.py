@@ -61,15 +61,17 @@ async def test_revoked_expired_and_unknown_keys_authenticate_no_one(settings, po
     _, good = await auth.create_key(pool, workspace, "editor")
 
     run = keys(settings, "revoke", str(revoked_row.id))
-    again = keys(settings, "revoke", str(revoked_row.id))
+    again = keys(settings, "revoke", f"key_{revoked_row.id}")
 
     assert run.returncode == 0 and again.returncode == 0, run.stderr
-    assert f"Key {revoked_row.id} of workspace" in run.stdout
-    assert await auth.authenticate(pool, revoked) is None
-    assert await auth.authenticate(pool, expired) is None
-    assert await auth.authenticate(pool, good[:-1] + ("A" if good[-1] != "A"
-                                                      else "B")) is None
-    assert await auth.authenticate(pool, "") is None
+    assert f"key_{revoked_row.id} of workspace" in run.stdout
+    for key, reason in [(revoked, "the API key has been revoked"),
+                        (expired, "the API key has expired"),
+                        (good[:-1] + ("A" if good[-1] != "A" else "B"),
+                         "the API key is not valid"),
+                        ("", "the API key is not valid")]:
+        with pytest.raises(auth.KeyRefused, match=reason):
+            await auth.authenticate(pool, key)
     assert (await auth.authenticate(pool, good)).workspace == workspace
 
 
@@ -79,9 +81,10 @@ async def test_revoked_expired_and_unknown_keys_authenticate_no_one(settings, po
     (["create", "--workspace", "x", "--expires-in-days", "0"],
      "must be a number of days above 0"),
     (["create"], "the following arguments are required: --workspace"),
-    (["revoke", "987654321"], "no key with id 987654321"),
+    (["revoke", "987654321"], "no key with id key_987654321"),
+    (["revoke", "ts_1"], "'ts_1' is not a valid"),
 ], ids=["blank-workspace", "unknown-role", "zero-days", "no-workspace",
-        "unknown-key"])
+        "unknown-key", "not-a-key-id"])
 def test_bad_key_commands_say_what_is_wrong(settings, args, message):
     run = keys(settings, *args)
 

@@ -32,7 +32,8 @@ async def subscribe(stack, protocol: str, evaluation_id: str,
     when the client leaves); returns them and any error payload."""
     events: list[dict[str, Any]] = []
     async with websockets.connect(stack.ws_url, subprotocols=[protocol]) as ws:
-        await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        await ws.send(json.dumps({"type": "connection_init",
+                                  "payload": stack.init_payload}))
         while json.loads(await ws.recv())["type"] != "connection_ack":
             pass
         await ws.send(json.dumps({
@@ -170,7 +171,8 @@ async def test_a_third_party_client_follows_a_run_over_graphql_transport_ws(stac
     test_set = await create_test_set(stack, arithmetic_cases(25))
     created = await create_evaluation(stack, test_set["id"])
     transport = WebsocketsTransport(url=stack.ws_url,
-                                    subprotocols=["graphql-transport-ws"])
+                                    subprotocols=["graphql-transport-ws"],
+                                    init_payload=stack.init_payload)
 
     events = []
     async with Client(transport=transport) as session:

@@ -34,7 +34,8 @@ async def queued_evaluation(stack) -> str:
 
 async def connect(stack, protocol: str):
     ws = await websockets.connect(stack.ws_url, subprotocols=[protocol])
-    await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+    await ws.send(json.dumps({"type": "connection_init",
+                                  "payload": stack.init_payload}))
     while json.loads(await ws.recv())["type"] != "connection_ack":
         pass
     return ws
@@ -144,7 +145,7 @@ async def test_subscribers_selecting_test_cases_share_one_lookup_per_case(
     lookups: list[str] = []
 
     def count(record) -> None:
-        if "FROM test_cases WHERE id = any" in record.query:
+        if "WHERE tc.id = any" in record.query:
             lookups.append(record.query)
 
     own = settings.replace(redis_prefix=settings.redis_prefix + "-cases",
@@ -275,7 +276,8 @@ async def test_a_subscription_over_http_is_told_to_use_a_websocket(idle_stack):
 async def test_a_repeated_graphql_ws_init_is_refused_and_leaves_no_task(idle_stack):
     tasks_before = len(asyncio.all_tasks())
     ws = await connect(idle_stack, "graphql-ws")
-    await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+    await ws.send(json.dumps({"type": "connection_init",
+                                  "payload": idle_stack.init_payload}))
     with pytest.raises(websockets.ConnectionClosed):
         async with asyncio.timeout(5):
             while True:

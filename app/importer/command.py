@@ -155,9 +155,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"test cases sent per request (default: {DEFAULT_BATCH_SIZE})")
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace, api_key: str | None = None) -> int:
     """Import the file named by `args`; return the process exit code.
 
+    `api_key` (ASSAY_API_KEY) is sent as a bearer key with every request.
     Errors are printed to stderr as `assay import: ...`; the one line of
     success goes to stdout.
     """
@@ -175,12 +176,16 @@ async def run(args: argparse.Namespace) -> int:
     logger.info("importing %d test cases from %s to %s",
                 num_test_cases, source.path, url)
     started_s = time.monotonic()
-    async with _new_client() as client:
+    async with _new_client(api_key) as client:
         api = _AssayApi(client, url)
         try:
             test_set = await _unless_terminated(_send(
                 api, source, args.name, args.description, args.batch_size))
         except (ApiError, _ImportAborted) as error:
+            refused = error if isinstance(error, _Refused) else error.__cause__
+            if isinstance(refused, _Refused) and refused.code == "UNAUTHENTICATED":
+                return _fail(f"{error}; set ASSAY_API_KEY to a key with the"
+                             " editor role (`assay keys create`)")
             return _fail(str(error))
 
     if test_set is None:
@@ -449,9 +454,10 @@ def _batches(test_cases: Iterable[dict[str, Any]],
         yield batch
 
 
-def _new_client() -> httpx2.AsyncClient:
+def _new_client(api_key: str | None) -> httpx2.AsyncClient:
     timeout = httpx2.Timeout(_REQUEST_TIMEOUT_S, connect=_CONNECT_TIMEOUT_S)
-    return httpx2.AsyncClient(timeout=timeout)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx2.AsyncClient(timeout=timeout, headers=headers)
 
 
 def _json_or_none(response: httpx2.Response) -> Any:

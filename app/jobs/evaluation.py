@@ -105,9 +105,9 @@ async def _run_while_locked(job: JobContext, evaluation_id: int, attempt: int,
     if not resumed and not await _change_status(job, evaluation, "IN_PROGRESS",
                                                 from_statuses=("QUEUED",)):
         return "CANCELLED"
-    log.info("evaluation %s attempt %s %s: %d cases, %d done, model %s,"
-             " concurrency %d", evaluation_id, attempt,
-             "resumed" if resumed else "started",
+    log.info("evaluation %s (workspace %s) attempt %s %s: %d cases, %d done,"
+             " model %s, concurrency %d", evaluation_id, evaluation.workspace_id,
+             attempt, "resumed" if resumed else "started",
              evaluation.total_cases, evaluation.completed_cases, evaluation.model,
              evaluation.concurrency)
 

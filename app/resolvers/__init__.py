@@ -2,18 +2,20 @@
 
 import strawberry
 
+from app.resolvers.api_keys import ApiKeyMutations, ApiKeyQueries
 from app.resolvers.evaluations import EvaluationMutations, EvaluationQueries
 from app.resolvers.progress import ProgressSubscriptions
 from app.resolvers.test_sets import TestSetMutations, TestSetQueries
 
 
 @strawberry.type(description="Reading test sets and evaluations.")
-class Query(TestSetQueries, EvaluationQueries):
+class Query(TestSetQueries, EvaluationQueries, ApiKeyQueries):
     pass
 
 
-@strawberry.type(description="Creating test sets and running evaluations.")
-class Mutation(TestSetMutations, EvaluationMutations):
+@strawberry.type(description="Creating test sets, running evaluations and"
+                 " managing API keys.")
+class Mutation(TestSetMutations, EvaluationMutations, ApiKeyMutations):
     pass
 
 

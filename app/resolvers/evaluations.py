@@ -11,9 +11,11 @@ from redis.exceptions import RedisError
 from strawberry.types import Info
 
 from app import events, ids, validation
+from app.auth import EDITOR
 from app.context import Context
 from app.errors import ApiError, BadUserInput, Conflict, NotFound
 from app.jobs import queue
+from app.resolvers.access import require
 from app.resolvers.idempotency import key_of
 from app.schema.common import (
     After,
@@ -28,9 +30,17 @@ from app.scoring import ScorerOptionsError, build_scorer
 from app.store import evaluations as evaluation_store
 from app.store import test_sets as test_set_store
 from app.store.evaluations import NewEvaluation
-from app.templates import TemplateError, compile_template
+from app.templates import (
+    PromptTemplate,
+    TemplateError,
+    TemplateRefused,
+    compile_template,
+)
 
 log = logging.getLogger(__name__)
+
+# Test cases a new evaluation's template is tried on before it is stored.
+TRIAL_RENDERS = 20
 
 EvaluationId = Annotated[strawberry.ID, strawberry.argument(
     description="The evaluation's id.")]
@@ -72,14 +82,17 @@ class EvaluationMutations:
     async def create_evaluation(self, info: Info[Context, None],
                                 input: NewEvaluationInput) -> Evaluation:
         context = info.context
+        caller = require(context, EDITOR)
         new = await _validated(context, input)
-        key = key_of("createEvaluation", input, context.settings)
+        key = key_of("createEvaluation", input, caller.workspace_id,
+                     context.settings)
 
         row, created = await evaluation_store.create_evaluation(context.pool, new,
                                                                 key)
         if created:
-            log.info("evaluation %s queued: test set %s, %d cases, model %s",
-                     row.id, row.test_set_id, row.total_cases, row.model)
+            log.info("evaluation %s queued in workspace %s: test set %s, %d cases,"
+                     " model %s", row.id, row.workspace_id, row.test_set_id,
+                     row.total_cases, row.model)
             await _enqueue(context, row.id, row.attempt)
         else:
             log.info("evaluation %s returned again for a repeated idempotency key",
@@ -90,13 +103,16 @@ class EvaluationMutations:
                          " results already stored are kept.")
     async def cancel_evaluation(self, info: Info[Context, None],
                                 id: EvaluationId) -> Evaluation:
-        row_id = ids.decode(ids.Kind.EVALUATION, id, field="id")
         context = info.context
+        caller = require(context, EDITOR)
+        row_id = ids.decode(ids.Kind.EVALUATION, id, field="id")
 
         changed = await evaluation_store.change_status(
-            context.pool, row_id, "CANCELLED", from_statuses=("QUEUED", "IN_PROGRESS"))
+            context.pool, row_id, "CANCELLED", from_statuses=("QUEUED", "IN_PROGRESS"),
+            workspace_id=caller.workspace_id)
         if changed is None:
-            row = await evaluation_store.get_evaluation(context.pool, row_id)
+            row = await evaluation_store.get_evaluation(
+                context.pool, row_id, workspace_id=caller.workspace_id)
             if row is None:
                 raise NotFound("id: no evaluation with this id")
             raise Conflict(f"id: the evaluation is already {row.status}")
@@ -122,13 +138,14 @@ class EvaluationMutations:
             description="Also run again the cases whose result is an error"
             " (a timeout, say).")] = True,
     ) -> Evaluation:
-        row_id = ids.decode(ids.Kind.EVALUATION, id, field="id")
         context = info.context
+        caller = require(context, EDITOR)
+        row_id = ids.decode(ids.Kind.EVALUATION, id, field="id")
 
         try:
             queued = await evaluation_store.queue_again(
-                context.pool, row_id, context.settings.redis_prefix,
-                retry_failed=retry_failed)
+                context.pool, caller.workspace_id, row_id,
+                context.settings.redis_prefix, retry_failed=retry_failed)
         except evaluation_store.NothingToRun as exc:
             raise Conflict(f"id: {exc}; nothing to run again") from None
         if queued is None:
@@ -161,6 +178,7 @@ async def _validated(context: Context, input: CreateEvaluationInput) -> NewEvalu
         raise BadUserInput(
             f"input.promptTemplate: the variable {variable!r} is missing from the"
             f" input of test case {ids.encode(ids.Kind.TEST_CASE, case_id)}")
+    await _try_template(context, test_set_id, template)
 
     scorer_options = validation.json_value(input.scorer.options or {},
                                            "input.scorer.options")
@@ -180,6 +198,7 @@ async def _validated(context: Context, input: CreateEvaluationInput) -> NewEvalu
                 " has none")
 
     return NewEvaluation(
+        workspace_id=context.workspace_id,
         test_set_id=test_set_id,
         name=validation.text(input.name, "input.name",
                              max_length=validation.MAX_NAME_LENGTH),
@@ -204,6 +223,25 @@ def _template(source: str):
         return compile_template(source)
     except TemplateError as exc:
         raise BadUserInput(f"input.promptTemplate: {exc}") from None
+
+
+async def _try_template(context: Context, test_set_id: int,
+                        template: PromptTemplate) -> None:
+    """Render the template for the first test cases, so that one the sandbox
+    refuses only with some inputs (a computed `x[name]` reaching a private
+    attribute, say) is refused now rather than failing every case later.
+    Other rendering errors are left to the run: they may hit a few cases."""
+    pages = await test_set_store.page_test_cases(
+        context.pool, context.workspace_id, [test_set_id], TRIAL_RENDERS, None)
+    for case in pages[test_set_id]:
+        try:
+            template.render(case.input)
+        except TemplateRefused as exc:
+            raise BadUserInput(
+                f"input.promptTemplate: with the input of test case"
+                f" {ids.encode(ids.Kind.TEST_CASE, case.id)}: {exc}") from None
+        except TemplateError:
+            continue
 
 
 def _temperature(value: float | None) -> float | None:
@@ -248,7 +286,8 @@ async def _evaluation_page(
     before_id = ids.decode_cursor(after, maximum=ids.MAX_ROW_ID)
 
     rows = await evaluation_store.list_evaluations(
-        context.pool, limit + 1, before_id, status, test_set_id)
-    total = await evaluation_store.count_evaluations(context.pool, status,
-                                                     test_set_id)
+        context.pool, context.workspace_id, limit + 1, before_id, status,
+        test_set_id)
+    total = await evaluation_store.count_evaluations(
+        context.pool, context.workspace_id, status, test_set_id)
     return build_connection(rows, limit, total, lambda r: r.id, Evaluation.from_row)

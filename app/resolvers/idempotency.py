@@ -13,7 +13,8 @@ from app.store.idempotency import IdempotencyKey
 MAX_KEY_LENGTH = 200
 
 
-def key_of(operation: str, input: Any, settings: Settings) -> IdempotencyKey | None:
+def key_of(operation: str, input: Any, workspace_id: int,
+           settings: Settings) -> IdempotencyKey | None:
     """The request's key, with a digest of everything else it asked for."""
     if input.idempotency_key is None:
         return None
@@ -23,5 +24,5 @@ def key_of(operation: str, input: Any, settings: Settings) -> IdempotencyKey | N
         raise BadUserInput("input.idempotencyKey: must not be empty")
     request = dataclasses.asdict(input)
     del request["idempotency_key"]
-    return IdempotencyKey.for_request(operation, key, request,
+    return IdempotencyKey.for_request(workspace_id, operation, key, request,
                                       settings.idempotency_key_hours)

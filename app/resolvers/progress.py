@@ -38,8 +38,8 @@ class ProgressSubscriptions:
         row_id = ids.decode(ids.Kind.EVALUATION, evaluation_id, field="evaluationId")
         context = info.context
 
-        steps = progress.follow(context.pool, context.services.hub, row_id,
-                                after_sequence)
+        steps = progress.follow(context.pool, context.services.hub,
+                                context.workspace_id, row_id, after_sequence)
         # Closed explicitly so a client that leaves releases its listener now.
         async with contextlib.aclosing(steps):
             async for step in steps:

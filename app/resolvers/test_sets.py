@@ -9,8 +9,10 @@ import strawberry
 from strawberry.types import Info
 
 from app import ids, validation
+from app.auth import EDITOR
 from app.context import Context
 from app.errors import BadUserInput, NotFound
+from app.resolvers.access import require
 from app.resolvers.idempotency import key_of
 from app.schema.common import (
     After,
@@ -43,9 +45,10 @@ class TestSetQueries:
         limit = page_size(first, info.context.settings.max_page_size)
         before_id = ids.decode_cursor(after, maximum=ids.MAX_ROW_ID)
 
-        pool = info.context.pool
-        rows = await test_set_store.list_test_sets(pool, limit + 1, before_id)
-        total = await test_set_store.count_test_sets(pool)
+        pool, workspace_id = info.context.pool, info.context.workspace_id
+        rows = await test_set_store.list_test_sets(pool, workspace_id, limit + 1,
+                                                   before_id)
+        total = await test_set_store.count_test_sets(pool, workspace_id)
         return build_connection(rows, limit, total, lambda r: r.id, TestSet.from_row)
 
     @strawberry.field(description="One test set; null if there is none with this id.")
@@ -62,19 +65,22 @@ class TestSetMutations:
                          " cases, all or nothing.")
     async def create_test_set(self, info: Info[Context, None],
                               input: NewTestSet) -> TestSet:
+        caller = require(info.context, EDITOR)
         name = validation.text(input.name, "input.name", required=True,
                                max_length=validation.MAX_NAME_LENGTH)
         description = validation.text(input.description, "input.description")
         categories = _categories(input)
         cases = _test_cases(input.test_cases or [], "input.testCases",
                             info.context.settings.max_cases_per_request)
-        key = key_of("createTestSet", input, info.context.settings)
+        key = key_of("createTestSet", input, caller.workspace_id,
+                     info.context.settings)
 
         row, created = await test_set_store.create_test_set(
-            info.context.pool, name, description, categories, cases, key)
+            info.context.pool, caller.workspace_id, name, description, categories,
+            cases, key)
         if created:
-            log.info("test set %s created: %r with %d cases", row.id, name,
-                     len(cases))
+            log.info("test set %s created in workspace %s: %r with %d cases",
+                     row.id, caller.workspace_id, name, len(cases))
         else:
             log.info("test set %s returned again for a repeated idempotency key",
                      row.id)
@@ -89,11 +95,13 @@ class TestSetMutations:
         test_cases: Annotated[list[TestCaseInput], strawberry.argument(
             description="The cases to add, in order.")],
     ) -> TestSet:
+        caller = require(info.context, EDITOR)
         row_id = ids.decode(ids.Kind.TEST_SET, test_set_id, field="testSetId")
         cases = _test_cases(test_cases, "testCases",
                             info.context.settings.max_cases_per_request)
 
-        row = await test_set_store.append_test_cases(info.context.pool, row_id, cases)
+        row = await test_set_store.append_test_cases(
+            info.context.pool, caller.workspace_id, row_id, cases)
         log.info("test set %s: %d cases appended", row_id, len(cases))
         return TestSet.from_row(row)
 
@@ -101,8 +109,10 @@ class TestSetMutations:
                          " evaluations and results; returns its id.")
     async def delete_test_set(self, info: Info[Context, None],
                               id: TestSetId) -> strawberry.ID:
+        caller = require(info.context, EDITOR)
         row_id = ids.decode(ids.Kind.TEST_SET, id, field="id")
-        if not await test_set_store.delete_test_set(info.context.pool, row_id):
+        if not await test_set_store.delete_test_set(info.context.pool,
+                                                    caller.workspace_id, row_id):
             raise NotFound("id: no test set with this id")
         log.info("test set %s deleted", row_id)
         return id

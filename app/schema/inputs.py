@@ -31,7 +31,8 @@ class TestCaseInput:
 
 @strawberry.input(description="A new test set with its categories and cases.")
 class CreateTestSetInput:
-    name: str = strawberry.field(description="Unique among all test sets.")
+    name: str = strawberry.field(
+        description="Unique among the test sets of its workspace.")
     description: str | None = strawberry.field(default=None, description="Free text.")
     categories: list[CategoryInput] | None = strawberry.field(
         default=None, description="Categories to create, with descriptions.")

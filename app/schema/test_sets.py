@@ -71,7 +71,8 @@ class TestCase:
 @strawberry.type(description="A named collection of test cases, grouped in categories.")
 class TestSet:
     id: strawberry.ID = strawberry.field(description="Opaque id of the test set.")
-    name: str = strawberry.field(description="Unique among all test sets.")
+    name: str = strawberry.field(
+        description="Unique among the test sets of its workspace.")
     description: str | None = strawberry.field(description="Free text, if given.")
     created_at: datetime = strawberry.field(description="When it was created.")
     row_id: strawberry.Private[int]

@@ -17,6 +17,11 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "db" / "schema.sql"
+# What a query raises when PostgreSQL cannot be reached or went away under it
+# (not a fault of the query itself).
+UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError,
+               asyncpg.PostgresConnectionError,
+               asyncpg.exceptions.OperatorInterventionError)
 # Any constant works, as long as every Assay process uses the same one.
 _MIGRATE_LOCK_KEY = 0x61737361
 

@@ -34,8 +34,16 @@ _RESULT_COLUMNS = columns(ResultRow, "r")
 _PREFIXED_RESULT_COLUMNS = columns(ResultRow, "r", prefix="r_")
 
 
+def _own_evaluations(workspace_param: str) -> str:
+    """The evaluations among the ids in $1 that belong to the workspace in the
+    parameter named: reads of results keep to the caller's workspace."""
+    return ("(SELECT id FROM evaluations WHERE id = any($1::bigint[])"
+            f" AND workspace_id = {workspace_param})")
+
+
 @dataclasses.dataclass(frozen=True)
 class NewEvaluation:
+    workspace_id: int
     test_set_id: int
     name: str | None
     model: str
@@ -80,29 +88,32 @@ async def _insert_evaluation(conn: asyncpg.Connection, new: NewEvaluation) -> An
     return await conn.fetchrow(
         "INSERT INTO evaluations (test_set_id, name, model, prompt_template,"
         "   system_prompt, temperature, max_tokens, scorer_type, scorer_options,"
-        "   concurrency, queue_prefix, total_cases)"
-        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+        "   concurrency, queue_prefix, workspace_id, total_cases)"
+        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
         "   (SELECT count(*) FROM test_cases WHERE test_set_id = $1)"
         f" RETURNING {_EVALUATION_COLUMNS}",
         new.test_set_id, new.name, new.model, new.prompt_template,
         new.system_prompt, new.temperature, new.max_tokens, new.scorer_type,
-        new.scorer_options, new.concurrency, new.queue_prefix,
+        new.scorer_options, new.concurrency, new.queue_prefix, new.workspace_id,
     )
 
 
 async def evaluations_by_ids(
-    pool: asyncpg.Pool, ids: Sequence[int]
+    pool: asyncpg.Pool, workspace_id: int | None, ids: Sequence[int]
 ) -> list[EvaluationRow]:
+    """Evaluations of one workspace; a None workspace (the worker's) is every
+    workspace."""
     records = await pool.fetch(
-        f"SELECT {_EVALUATION_COLUMNS} FROM evaluations WHERE id = any($1::bigint[])",
-        ids,
+        f"SELECT {_EVALUATION_COLUMNS} FROM evaluations WHERE id = any($1::bigint[])"
+        " AND ($2::bigint IS NULL OR workspace_id = $2)",
+        ids, workspace_id,
     )
     return [from_record(EvaluationRow, r) for r in records]
 
 
-async def get_evaluation(pool: asyncpg.Pool,
-                         evaluation_id: int) -> EvaluationRow | None:
-    found = await evaluations_by_ids(pool, [evaluation_id])
+async def get_evaluation(pool: asyncpg.Pool, evaluation_id: int, *,
+                         workspace_id: int | None = None) -> EvaluationRow | None:
+    found = await evaluations_by_ids(pool, workspace_id, [evaluation_id])
     return found[0] if found else None
 
 
@@ -139,6 +150,7 @@ async def next_attempt(pool: asyncpg.Pool, evaluation_id: int,
 
 async def list_evaluations(
     pool: asyncpg.Pool,
+    workspace_id: int,
     limit: int,
     before_id: int | None,
     status: str | None = None,
@@ -150,20 +162,22 @@ async def list_evaluations(
         " WHERE ($1::bigint IS NULL OR id < $1)"
         "   AND ($2::text IS NULL OR status = $2)"
         "   AND ($3::bigint IS NULL OR test_set_id = $3)"
+        "   AND workspace_id = $5"
         " ORDER BY id DESC LIMIT $4",
-        before_id, status, test_set_id, limit,
+        before_id, status, test_set_id, limit, workspace_id,
     )
     return [from_record(EvaluationRow, r) for r in records]
 
 
 async def count_evaluations(
-    pool: asyncpg.Pool, status: str | None = None, test_set_id: int | None = None
+    pool: asyncpg.Pool, workspace_id: int, status: str | None = None,
+    test_set_id: int | None = None,
 ) -> int:
     return await pool.fetchval(
         "SELECT count(*) FROM evaluations"
         " WHERE ($1::text IS NULL OR status = $1)"
-        "   AND ($2::bigint IS NULL OR test_set_id = $2)",
-        status, test_set_id,
+        "   AND ($2::bigint IS NULL OR test_set_id = $2) AND workspace_id = $3",
+        status, test_set_id, workspace_id,
     )
 
 
@@ -175,10 +189,12 @@ async def change_status(
     from_statuses: Sequence[str],
     error: str | None = None,
     attempt: int | None = None,
+    workspace_id: int | None = None,
 ) -> tuple[EvaluationRow, ProgressEventRow] | None:
     """Move an evaluation on and record the event; None if it was not in
-    one of `from_statuses` (someone else moved it first) or, when `attempt`
-    is given, is no longer at that attempt (it was run again since)."""
+    one of `from_statuses` (someone else moved it first), when `attempt`
+    is given, is no longer at that attempt (it was run again since), or
+    when `workspace_id` is given, is not that workspace's."""
     async with pool.acquire() as conn, conn.transaction():
         record = await conn.fetchrow(
             "UPDATE evaluations SET status = $2, error = coalesce($3, error),"
@@ -189,8 +205,10 @@ async def change_status(
             "                  THEN now() ELSE completed_at END"
             " WHERE id = $1 AND status = any($4::text[])"
             "   AND ($5::int IS NULL OR attempt = $5)"
+            "   AND ($6::bigint IS NULL OR workspace_id = $6)"
             f" RETURNING {_EVALUATION_COLUMNS}",
             evaluation_id, to_status, error, list(from_statuses), attempt,
+            workspace_id,
         )
         if record is None:
             return None
@@ -208,11 +226,11 @@ class NothingToRun(Exception):
 
 
 async def queue_again(
-    pool: asyncpg.Pool, evaluation_id: int, queue_prefix: str, *,
-    retry_failed: bool,
+    pool: asyncpg.Pool, workspace_id: int, evaluation_id: int, queue_prefix: str,
+    *, retry_failed: bool,
 ) -> tuple[EvaluationRow, ProgressEventRow] | None:
     """Put a finished evaluation back in the queue as a new attempt and record
-    the event; None if there is no such evaluation. With `retry_failed`, its
+    the event; None if the workspace has no such evaluation. With `retry_failed`, its
     failed results are deleted first, so the attempt runs those cases again
     (their RESULT_ADDED events stay, with no result); its scored results
     always stay. Raises NothingToRun if the attempt would have nothing to do
@@ -220,7 +238,7 @@ async def queue_again(
     async with pool.acquire() as conn, conn.transaction():
         record = await conn.fetchrow(
             f"SELECT {_EVALUATION_COLUMNS} FROM evaluations WHERE id = $1"
-            " FOR UPDATE", evaluation_id)
+            " AND workspace_id = $2 FOR UPDATE", evaluation_id, workspace_id)
         if record is None:
             return None
         evaluation = from_record(EvaluationRow, record)
@@ -443,6 +461,7 @@ async def cases_without_result(
 
 async def page_results(
     pool: asyncpg.Pool,
+    workspace_id: int,
     evaluation_ids: Sequence[int],
     limit: int,
     after_position: int | None,
@@ -453,7 +472,7 @@ async def page_results(
     in one statement (each page walks the position index on its own)."""
     records = await pool.fetch(
         f"SELECT {_PREFIXED_RESULT_COLUMNS}"
-        " FROM unnest($1::bigint[]) AS ev(id) CROSS JOIN LATERAL ("
+        f" FROM {_own_evaluations('$6')} AS ev CROSS JOIN LATERAL ("
         "   SELECT r.* FROM evaluation_results r"
         "   WHERE r.evaluation_id = ev.id AND r.position > coalesce($2::int, -1)"
         "     AND ($3::bool IS NULL OR r.passed = $3)"
@@ -461,6 +480,7 @@ async def page_results(
         "          WHERE tc.id = r.test_case_id AND tc.category_id = $4))"
         "   ORDER BY r.position LIMIT $5) r",
         list(evaluation_ids), after_position, passed, category_id, limit,
+        workspace_id,
     )
     pages: dict[int, list[ResultRow]] = {i: [] for i in evaluation_ids}
     for r in records:
@@ -471,33 +491,35 @@ async def page_results(
 
 async def count_results(
     pool: asyncpg.Pool,
+    workspace_id: int,
     evaluation_ids: Sequence[int],
     passed: bool | None = None,
     category_id: int | None = None,
 ) -> dict[int, int]:
     records = await pool.fetch(
         "SELECT r.evaluation_id, count(*) AS n FROM evaluation_results r"
-        " WHERE r.evaluation_id = any($1::bigint[])"
+        f" WHERE r.evaluation_id IN {_own_evaluations('$4')}"
         "   AND ($2::bool IS NULL OR r.passed = $2)"
         "   AND ($3::bigint IS NULL OR EXISTS (SELECT 1 FROM test_cases tc"
         "        WHERE tc.id = r.test_case_id AND tc.category_id = $3))"
         " GROUP BY r.evaluation_id",
-        list(evaluation_ids), passed, category_id,
+        list(evaluation_ids), passed, category_id, workspace_id,
     )
     return {r["evaluation_id"]: r["n"] for r in records}
 
 
 async def page_evaluations_of_test_sets(
-    pool: asyncpg.Pool, test_set_ids: Sequence[int], limit: int,
-    before_id: int | None,
+    pool: asyncpg.Pool, workspace_id: int, test_set_ids: Sequence[int],
+    limit: int, before_id: int | None,
 ) -> dict[int, list[EvaluationRow]]:
     """Newest-first pages of each test set's evaluations, in one statement."""
     records = await pool.fetch(
         f"SELECT {columns(EvaluationRow, 'e')}"
         " FROM unnest($1::bigint[]) AS ts(id) CROSS JOIN LATERAL ("
         "   SELECT * FROM evaluations WHERE test_set_id = ts.id"
+        "     AND workspace_id = $4"
         "     AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3) e",
-        list(test_set_ids), before_id, limit,
+        list(test_set_ids), before_id, limit, workspace_id,
     )
     pages: dict[int, list[EvaluationRow]] = {i: [] for i in test_set_ids}
     for record in records:
@@ -507,18 +529,19 @@ async def page_evaluations_of_test_sets(
 
 
 async def count_evaluations_of_test_sets(
-    pool: asyncpg.Pool, test_set_ids: Sequence[int]
+    pool: asyncpg.Pool, workspace_id: int, test_set_ids: Sequence[int]
 ) -> dict[int, int]:
     records = await pool.fetch(
         "SELECT test_set_id, count(*) AS n FROM evaluations"
-        " WHERE test_set_id = any($1::bigint[]) GROUP BY test_set_id",
-        list(test_set_ids),
+        " WHERE test_set_id = any($1::bigint[]) AND workspace_id = $2"
+        " GROUP BY test_set_id",
+        list(test_set_ids), workspace_id,
     )
     return {r["test_set_id"]: r["n"] for r in records}
 
 
 async def category_scores(
-    pool: asyncpg.Pool, evaluation_ids: Sequence[int]
+    pool: asyncpg.Pool, workspace_id: int, evaluation_ids: Sequence[int]
 ) -> list[CategoryScoreRow]:
     """Per-category score and pass rate over scored results; every category
     of the test set is listed, with nulls while it has no scored result."""
@@ -532,9 +555,9 @@ async def category_scores(
         " LEFT JOIN test_cases tc ON tc.category_id = c.id"
         " LEFT JOIN evaluation_results r"
         "   ON r.test_case_id = tc.id AND r.evaluation_id = ev.id"
-        " WHERE ev.id = any($1::bigint[])"
+        " WHERE ev.id = any($1::bigint[]) AND ev.workspace_id = $2"
         " GROUP BY ev.id, c.id, c.name ORDER BY ev.id, c.name",
-        evaluation_ids,
+        evaluation_ids, workspace_id,
     )
     return [
         CategoryScoreRow(

@@ -20,19 +20,21 @@ from app.errors import Conflict
 
 @dataclasses.dataclass(frozen=True)
 class IdempotencyKey:
+    # Keys are a workspace's own: two teams may pick the same key.
+    workspace_id: int
     operation: str  # "createTestSet" or "createEvaluation"
     key: str
     request_digest: str
     ttl_hours: float
 
     @classmethod
-    def for_request(cls, operation: str, key: str, request: Any,
-                    ttl_hours: float) -> IdempotencyKey:
+    def for_request(cls, workspace_id: int, operation: str, key: str,
+                    request: Any, ttl_hours: float) -> IdempotencyKey:
         """`request` is the input as plain data, without the key itself."""
         canonical = json.dumps(request, sort_keys=True, separators=(",", ":"),
                                ensure_ascii=False, default=str)
         digest = hashlib.sha256(canonical.encode("utf-8", "surrogatepass"))
-        return cls(operation, key, digest.hexdigest(), ttl_hours)
+        return cls(workspace_id, operation, key, digest.hexdigest(), ttl_hours)
 
 
 async def claim(conn: asyncpg.Connection, key: IdempotencyKey) -> int | None:
@@ -41,19 +43,22 @@ async def claim(conn: asyncpg.Connection, key: IdempotencyKey) -> int | None:
     Raises Conflict if the key was used for a different request."""
     await conn.execute(
         "DELETE FROM idempotency_keys WHERE operation = $1 AND key = $2"
+        "   AND workspace_id = $4"
         "   AND created_at < now() - make_interval(secs => $3)",
-        key.operation, key.key, key.ttl_hours * 3600)
+        key.operation, key.key, key.ttl_hours * 3600, key.workspace_id)
     claimed = await conn.fetchval(
-        "INSERT INTO idempotency_keys (operation, key, request_digest)"
-        " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
-        key.operation, key.key, key.request_digest)
+        "INSERT INTO idempotency_keys (operation, key, request_digest,"
+        "   workspace_id)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
+        key.operation, key.key, key.request_digest, key.workspace_id)
     if claimed:
         return None
 
     earlier = await conn.fetchrow(
         "SELECT request_digest, coalesce(test_set_id, evaluation_id) AS object_id"
-        " FROM idempotency_keys WHERE operation = $1 AND key = $2",
-        key.operation, key.key)
+        " FROM idempotency_keys WHERE operation = $1 AND key = $2"
+        "   AND workspace_id = $3",
+        key.operation, key.key, key.workspace_id)
     if earlier is None:
         # What it created was deleted in the meantime, and the key with it.
         return await claim(conn, key)
@@ -70,8 +75,8 @@ async def remember(conn: asyncpg.Connection, key: IdempotencyKey, *,
     """Record what the request holding `key` created, in its transaction."""
     await conn.execute(
         "UPDATE idempotency_keys SET test_set_id = $3, evaluation_id = $4"
-        " WHERE operation = $1 AND key = $2",
-        key.operation, key.key, test_set_id, evaluation_id)
+        " WHERE operation = $1 AND key = $2 AND workspace_id = $5",
+        key.operation, key.key, test_set_id, evaluation_id, key.workspace_id)
 
 
 async def delete_expired(pool: asyncpg.Pool, ttl_hours: float) -> int:

@@ -12,6 +12,7 @@ TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 @dataclasses.dataclass(frozen=True)
 class TestSetRow:
     id: int
+    workspace_id: int
     name: str
     description: str | None
     created_at: datetime
@@ -47,6 +48,7 @@ class NewTestCase:
 @dataclasses.dataclass(frozen=True)
 class EvaluationRow:
     id: int
+    workspace_id: int
     test_set_id: int
     name: str | None
     status: str

@@ -19,10 +19,21 @@ from app.store.rows import (
 )
 
 _TEST_CASE_COLUMNS = columns(TestCaseRow)
+_TEST_SET_COLUMNS = columns(TestSetRow)
+
+
+# Every read takes the caller's workspace and answers nothing from another:
+# to the caller, a row of another workspace is a row that does not exist.
+def _own_test_sets(workspace_param: str) -> str:
+    """The test sets among the ids in $1 that belong to the workspace in the
+    parameter named."""
+    return ("(SELECT id FROM test_sets WHERE id = any($1::bigint[])"
+            f" AND workspace_id = {workspace_param})")
 
 
 async def create_test_set(
     pool: asyncpg.Pool,
+    workspace_id: int,
     name: str,
     description: str | None,
     categories: Sequence[tuple[str, str | None]],
@@ -38,13 +49,13 @@ async def create_test_set(
             earlier_id = await idempotency.claim(conn, key)
             if earlier_id is not None:
                 return from_record(TestSetRow, await conn.fetchrow(
-                    "SELECT id, name, description, created_at FROM test_sets"
+                    f"SELECT {_TEST_SET_COLUMNS} FROM test_sets"
                     " WHERE id = $1", earlier_id)), False
         try:
             record = await conn.fetchrow(
-                "INSERT INTO test_sets (name, description) VALUES ($1, $2)"
-                " RETURNING id, name, description, created_at",
-                name, description,
+                "INSERT INTO test_sets (workspace_id, name, description)"
+                f" VALUES ($1, $2, $3) RETURNING {_TEST_SET_COLUMNS}",
+                workspace_id, name, description,
             )
         except asyncpg.UniqueViolationError:
             raise Conflict(f"input.name: a test set named {name!r} already exists")
@@ -58,15 +69,16 @@ async def create_test_set(
 
 
 async def append_test_cases(
-    pool: asyncpg.Pool, test_set_id: int, test_cases: Sequence[NewTestCase]
+    pool: asyncpg.Pool, workspace_id: int, test_set_id: int,
+    test_cases: Sequence[NewTestCase],
 ) -> TestSetRow:
     """Add cases after the last one of a test set, all or nothing."""
     async with pool.acquire() as conn, conn.transaction():
         # Locking the test set serialises appends, so positions never collide.
         record = await conn.fetchrow(
-            "SELECT id, name, description, created_at FROM test_sets"
-            " WHERE id = $1 FOR UPDATE",
-            test_set_id,
+            f"SELECT {_TEST_SET_COLUMNS} FROM test_sets"
+            " WHERE id = $1 AND workspace_id = $2 FOR UPDATE",
+            test_set_id, workspace_id,
         )
         if record is None:
             raise NotFound("testSetId: no test set with this id")
@@ -79,11 +91,13 @@ async def append_test_cases(
     return from_record(TestSetRow, record)
 
 
-async def delete_test_set(pool: asyncpg.Pool, test_set_id: int) -> bool:
+async def delete_test_set(pool: asyncpg.Pool, workspace_id: int,
+                          test_set_id: int) -> bool:
     """Delete a test set and everything in it; False if there was none."""
     async with pool.acquire() as conn, conn.transaction():
         exists = await conn.fetchval(
-            "SELECT true FROM test_sets WHERE id = $1 FOR UPDATE", test_set_id)
+            "SELECT true FROM test_sets WHERE id = $1 AND workspace_id = $2"
+            " FOR UPDATE", test_set_id, workspace_id)
         if not exists:
             return False
         running = await conn.fetchval(
@@ -153,76 +167,84 @@ async def _insert_test_cases(
     )
 
 
-async def test_sets_by_ids(pool: asyncpg.Pool, ids: Sequence[int]) -> list[TestSetRow]:
+async def test_sets_by_ids(pool: asyncpg.Pool, workspace_id: int,
+                           ids: Sequence[int]) -> list[TestSetRow]:
     records = await pool.fetch(
-        "SELECT id, name, description, created_at FROM test_sets"
-        " WHERE id = any($1::bigint[])",
-        ids,
+        f"SELECT {_TEST_SET_COLUMNS} FROM test_sets"
+        " WHERE id = any($1::bigint[]) AND workspace_id = $2",
+        ids, workspace_id,
     )
     return [from_record(TestSetRow, r) for r in records]
 
 
 async def list_test_sets(
-    pool: asyncpg.Pool, limit: int, before_id: int | None
+    pool: asyncpg.Pool, workspace_id: int, limit: int, before_id: int | None
 ) -> list[TestSetRow]:
     """Newest first; `limit` rows at most, after the cursor `before_id`."""
     records = await pool.fetch(
-        "SELECT id, name, description, created_at FROM test_sets"
-        " WHERE $1::bigint IS NULL OR id < $1 ORDER BY id DESC LIMIT $2",
-        before_id, limit,
+        f"SELECT {_TEST_SET_COLUMNS} FROM test_sets WHERE workspace_id = $3"
+        " AND ($1::bigint IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+        before_id, limit, workspace_id,
     )
     return [from_record(TestSetRow, r) for r in records]
 
 
-async def count_test_sets(pool: asyncpg.Pool) -> int:
-    return await pool.fetchval("SELECT count(*) FROM test_sets")
+async def count_test_sets(pool: asyncpg.Pool, workspace_id: int) -> int:
+    return await pool.fetchval(
+        "SELECT count(*) FROM test_sets WHERE workspace_id = $1", workspace_id)
 
 
 async def categories_by_test_set_ids(
-    pool: asyncpg.Pool, test_set_ids: Sequence[int]
+    pool: asyncpg.Pool, workspace_id: int, test_set_ids: Sequence[int]
 ) -> list[CategoryRow]:
     records = await pool.fetch(
         "SELECT id, test_set_id, name, description FROM categories"
-        " WHERE test_set_id = any($1::bigint[]) ORDER BY name, id",
-        test_set_ids,
+        f" WHERE test_set_id IN {_own_test_sets('$2')} ORDER BY name, id",
+        test_set_ids, workspace_id,
     )
     return [from_record(CategoryRow, r) for r in records]
 
 
 async def categories_by_ids(
-    pool: asyncpg.Pool, ids: Sequence[int]
+    pool: asyncpg.Pool, workspace_id: int, ids: Sequence[int]
 ) -> list[CategoryRow]:
     records = await pool.fetch(
-        "SELECT id, test_set_id, name, description FROM categories"
-        " WHERE id = any($1::bigint[])",
-        ids,
+        "SELECT c.id, c.test_set_id, c.name, c.description FROM categories c"
+        " JOIN test_sets ts ON ts.id = c.test_set_id"
+        " WHERE c.id = any($1::bigint[]) AND ts.workspace_id = $2",
+        ids, workspace_id,
     )
     return [from_record(CategoryRow, r) for r in records]
 
 
 async def count_cases_by_category(
-    pool: asyncpg.Pool, category_ids: Sequence[int]
+    pool: asyncpg.Pool, workspace_id: int, category_ids: Sequence[int]
 ) -> dict[int, int]:
     records = await pool.fetch(
-        "SELECT category_id, count(*) AS n FROM test_cases"
-        " WHERE category_id = any($1::bigint[]) GROUP BY category_id",
-        category_ids,
+        "SELECT tc.category_id, count(*) AS n FROM test_cases tc"
+        " JOIN test_sets ts ON ts.id = tc.test_set_id"
+        " WHERE tc.category_id = any($1::bigint[]) AND ts.workspace_id = $2"
+        " GROUP BY tc.category_id",
+        category_ids, workspace_id,
     )
     return {r["category_id"]: r["n"] for r in records}
 
 
 async def test_cases_by_ids(
-    pool: asyncpg.Pool, ids: Sequence[int]
+    pool: asyncpg.Pool, workspace_id: int, ids: Sequence[int]
 ) -> list[TestCaseRow]:
     records = await pool.fetch(
-        f"SELECT {_TEST_CASE_COLUMNS} FROM test_cases WHERE id = any($1::bigint[])",
-        ids,
+        f"SELECT {columns(TestCaseRow, 'tc')} FROM test_cases tc"
+        " JOIN test_sets ts ON ts.id = tc.test_set_id"
+        " WHERE tc.id = any($1::bigint[]) AND ts.workspace_id = $2",
+        ids, workspace_id,
     )
     return [from_record(TestCaseRow, r) for r in records]
 
 
 async def page_test_cases(
     pool: asyncpg.Pool,
+    workspace_id: int,
     test_set_ids: Sequence[int],
     limit: int,
     after_position: int | None,
@@ -232,12 +254,12 @@ async def page_test_cases(
     one statement."""
     records = await pool.fetch(
         f"SELECT {columns(TestCaseRow, 'tc')}"
-        " FROM unnest($1::bigint[]) AS ts(id) CROSS JOIN LATERAL ("
+        f" FROM {_own_test_sets('$5')} AS ts CROSS JOIN LATERAL ("
         "   SELECT * FROM test_cases WHERE test_set_id = ts.id"
         "     AND position > coalesce($2::int, -1)"
         "     AND ($3::bigint IS NULL OR category_id = $3)"
         "   ORDER BY position LIMIT $4) tc",
-        list(test_set_ids), after_position, category_id, limit,
+        list(test_set_ids), after_position, category_id, limit, workspace_id,
     )
     pages: dict[int, list[TestCaseRow]] = {i: [] for i in test_set_ids}
     for record in records:
@@ -247,13 +269,14 @@ async def page_test_cases(
 
 
 async def count_test_cases(
-    pool: asyncpg.Pool, test_set_ids: Sequence[int], category_id: int | None = None
+    pool: asyncpg.Pool, workspace_id: int, test_set_ids: Sequence[int],
+    category_id: int | None = None,
 ) -> dict[int, int]:
     records = await pool.fetch(
         "SELECT test_set_id, count(*) AS n FROM test_cases"
-        " WHERE test_set_id = any($1::bigint[])"
+        f" WHERE test_set_id IN {_own_test_sets('$3')}"
         "   AND ($2::bigint IS NULL OR category_id = $2) GROUP BY test_set_id",
-        list(test_set_ids), category_id,
+        list(test_set_ids), category_id, workspace_id,
     )
     return {r["test_set_id"]: r["n"] for r in records}
 

@@ -40,9 +40,11 @@ class FakeAssayApi:
     def __init__(self) -> None:
         self.url = ""
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.authorizations: list[str | None] = []
         self.test_sets: dict[str, dict[str, Any]] = {}
         self.failing_call: tuple[str, int] | None = None
         self.failing_message = "test case 2 has an empty input"
+        self.failing_code = "BAD_USER_INPUT"
         self.hanging_call: tuple[str, int] | None = None
         self.hung = asyncio.Event()
         self.release = asyncio.Event()
@@ -56,13 +58,14 @@ class FakeAssayApi:
         field = _MUTATION_FIELD.search(body["query"]).group(1)
         variables = body["variables"]
         self.requests.append((field, variables))
+        self.authorizations.append(request.headers.get("authorization"))
         call = (field, self.fields_called.count(field))
 
         if call == self.hanging_call:
             self.hung.set()
             await self.release.wait()
         if call == self.failing_call:
-            return _graphql_error(self.failing_message, "BAD_USER_INPUT")
+            return _graphql_error(self.failing_message, self.failing_code)
         if field == "createTestSet":
             test_set_id = f"ts_{len(self.test_sets) + 1}"
             self.test_sets[test_set_id] = {"name": variables["input"]["name"],
@@ -150,6 +153,30 @@ async def test_cases_are_sent_in_batches_create_then_append(tmp_path, fake_api, 
     assert capsys.readouterr().out == (
         'Created test set "Arithmetic" (id ts_1) with 5 test cases '
         "in 2 categories.\n")
+
+
+async def test_every_request_carries_the_api_key(tmp_path, fake_api):
+    path = write_cases(tmp_path, 5)
+
+    exit_code = await run(parse(str(path), "--name", "Keyed", "--url",
+                                fake_api.url, "--batch-size", "2"),
+                          api_key="assay_example")
+
+    assert exit_code == 0
+    assert fake_api.authorizations == ["Bearer assay_example"] * 3
+
+
+async def test_an_unauthenticated_import_says_to_set_the_key(tmp_path, fake_api,
+                                                             capsys):
+    fake_api.failing_call = ("createTestSet", 1)
+    fake_api.failing_code = "UNAUTHENTICATED"
+    fake_api.failing_message = "no API key: send the header"
+
+    exit_code = await run(parse(str(write_cases(tmp_path, 2)), "--name", "X",
+                                "--url", fake_api.url))
+
+    assert exit_code == 1
+    assert "set ASSAY_API_KEY" in capsys.readouterr().err
 
 
 async def test_each_case_carries_input_expected_category_and_source_line(

@@ -52,7 +52,7 @@ async def import_file(stack, capsys, path: Path, name: str,
                       *options: str) -> tuple[int, str]:
     """Run `assay import` against the stack's API; its exit code and stderr."""
     exit_code = await run(parse(str(path), "--name", name, "--url",
-                                stack.graphql_url, *options))
+                                stack.graphql_url, *options), api_key=stack.key)
     return exit_code, capsys.readouterr().err
 
 

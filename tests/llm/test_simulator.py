@@ -103,7 +103,8 @@ async def insert_test_set(pool, cases: list[tuple[dict[str, Any], str | None]],
     """A new test set holding `cases` as (input, expected output) pairs."""
     async with pool.acquire() as conn, conn.transaction():
         test_set_id = await conn.fetchval(
-            "INSERT INTO test_sets (name) VALUES ($1) RETURNING id",
+            "INSERT INTO test_sets (name, workspace_id)"
+            " SELECT $1, id FROM workspaces WHERE name = 'default' RETURNING id",
             f"simulator-{uuid.uuid4().hex}")
         await conn.executemany(
             "INSERT INTO test_cases (test_set_id, position, input, expected_output)"
