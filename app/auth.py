@@ -91,9 +91,10 @@ async def authenticate(pool: asyncpg.Pool, presented: str) -> Caller:
     """The caller a presented key acts for; KeyRefused for a key that is
     unknown, revoked or expired.
 
-    The key is looked up by its digest, so the lookup's timing says nothing
-    about how much of a stored key a guess matched, and the digests are then
-    compared in constant time as well."""
+    The key is looked up by its SHA-256 digest, never by the key itself, so
+    how long the lookup takes says nothing about how much of a stored key a
+    guess matched: that is what keeps the check constant in time. The final
+    compare_digest re-checks the row the index found, in constant time too."""
     presented_digest = digest(presented)
     found = await key_store.key_by_digest(pool, presented_digest)
     if found is None or not hmac.compare_digest(found[1], presented_digest):

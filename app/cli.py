@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -36,6 +37,11 @@ def main(argv: list[str] | None = None) -> None:
         code = asyncio.run(args.command(args, settings))
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        # The reader of our output went away (`assay schema | head`): stop
+        # quietly, and keep Python from failing again on flushing at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     sys.exit(code)
 
 

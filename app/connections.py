@@ -28,6 +28,8 @@ CLOSE_KEY_NO_LONGER_VALID = 4403
 
 
 class OpenConnections:
+    """The authenticated websockets of one API process, by key."""
+
     def __init__(self, pool: asyncpg.Pool, check_s: float) -> None:
         self._pool = pool
         self._check_s = check_s
@@ -35,12 +37,14 @@ class OpenConnections:
         self._key_of: dict[WebSocket, int] = {}
 
     def add(self, caller: Caller, websocket: WebSocket) -> None:
+        """Remember a websocket its caller's key has just opened."""
         if caller.key_id is None:
             return  # authentication is off: there is no key to lose
         self._by_key[caller.key_id].add(websocket)
         self._key_of[websocket] = caller.key_id
 
     def discard(self, websocket: WebSocket) -> None:
+        """Forget a websocket that has closed (whatever closed it)."""
         key_id = self._key_of.pop(websocket, None)
         if key_id is None:
             return
@@ -62,8 +66,15 @@ class OpenConnections:
                 await websocket.close(code=CLOSE_KEY_NO_LONGER_VALID,
                                       reason="API key revoked or expired")
 
+    def __len__(self) -> int:
+        """How many websockets are open with a key."""
+        return len(self._key_of)
+
     async def watch(self) -> None:
-        """Until cancelled: end the sockets of keys that stop being valid."""
+        """Until cancelled: end the sockets of keys that stop being valid.
+        Nothing but cancelling ends it: a failed check is logged and the next
+        one comes as usual, since a watch that died would leave revoked keys
+        streaming for good."""
         while True:
             await asyncio.sleep(self._check_s)
             if not self._by_key:
@@ -73,6 +84,9 @@ class OpenConnections:
                                                        list(self._by_key))
             except db.UNAVAILABLE as exc:
                 log.warning("could not check the keys of open websockets: %s", exc)
+                continue
+            except Exception:
+                log.exception("could not check the keys of open websockets")
                 continue
             for key_id in gone:
                 await self.end(key_id)

@@ -46,6 +46,9 @@ from app.websocket_protocols import LegacyWSHandler, TransportWSHandler
 
 log = logging.getLogger(__name__)
 
+# Where an HTTP request's caller waits in its ASGI scope for get_context.
+_CALLER = "assay.caller"
+
 
 class _Schema(strawberry.Schema):
     """The schema, with every error given its `extensions.code` in one place.
@@ -241,10 +244,6 @@ class AssayGraphQL(GraphQL):
                        caller=request.scope.get(_CALLER))
 
 
-# Where an HTTP request's caller waits in its ASGI scope for get_context.
-_CALLER = "assay.caller"
-
-
 async def _caller_of(services: Services, authorization: str | None) -> auth.Caller:
     if not services.settings.auth_enabled:
         return services.unauthenticated_caller
@@ -335,17 +334,6 @@ async def root(request: Request) -> RedirectResponse:
     return RedirectResponse("/graphql")
 
 
-class _NoWireDumps(logging.Filter):
-    """Drops the websockets library's DEBUG dumps of what crosses the wire
-    (handshake headers, then every frame, logged by uvicorn's websocket
-    server as "uvicorn.error"): a connection_init frame, or an Authorization
-    header on the handshake, holds an API key."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno == logging.DEBUG and isinstance(record.msg, str)
-                    and record.msg.startswith(("< ", "> ")))
-
-
 def create_app(settings: Settings, *,
                query_logger: Callable[[Any], None] | None = None) -> Starlette:
     _keep_keys_out_of_logs()
@@ -410,6 +398,17 @@ def _keep_keys_out_of_logs() -> None:
     uvicorn_log = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _NoWireDumps) for f in uvicorn_log.filters):
         uvicorn_log.addFilter(_NoWireDumps())
+
+
+class _NoWireDumps(logging.Filter):
+    """Drops the websockets library's DEBUG dumps of what crosses the wire
+    (handshake headers, then every frame, logged by uvicorn's websocket
+    server as "uvicorn.error"): a connection_init frame, or an Authorization
+    header on the handshake, holds an API key."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.DEBUG and isinstance(record.msg, str)
+                    and record.msg.startswith(("< ", "> ")))
 
 
 def _log_security(settings: Settings) -> None:

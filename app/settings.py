@@ -206,6 +206,9 @@ def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be on or off, got {raw!r}")
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     """A comma-separated list of browser origins, each scheme://host[:port]."""
     origins = []
@@ -213,16 +216,24 @@ def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
         origin = raw.strip().rstrip("/")
         if not origin:
             continue
-        parts = urlsplit(origin)
+        parts = urlsplit(origin.lower())
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
         # An allow-list of every origin is not an allow-list: refuse "*".
         if (parts.scheme not in ("http", "https") or not parts.hostname
                 or parts.path or parts.query or parts.fragment
-                or parts.username or parts.password):
+                or parts.username or parts.password or port == -1):
             raise SettingsError(
                 f"{name} must list origins such as https://app.example.com"
-                f" (scheme, host and optional port, comma-separated), got"
-                f" {raw.strip()!r}")
-        origins.append(origin.lower())
+                f" (scheme, host and optional port, comma-separated; '*' is not"
+                f" allowed), got {raw.strip()!r}")
+        # Browsers leave a scheme's own port out of Origin; so must the list,
+        # which is compared with it letter for letter.
+        host = parts.netloc.rsplit(":", 1)[0] if port is not None else parts.netloc
+        shown_port = "" if port in (None, _DEFAULT_PORTS[parts.scheme]) else f":{port}"
+        origins.append(f"{parts.scheme}://{host}{shown_port}")
     return tuple(origins)
 
 

@@ -163,3 +163,14 @@ def test_serve_with_redis_down_says_so_in_one_line(settings):
     assert run.returncode == 1
     assert "cannot connect to Redis at redis://127.0.0.1:" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    """`assay schema | head` and the like: no traceback when the pipe closes."""
+    reader_gone = subprocess.Popen([*ASSAY, "schema"], cwd=REPO,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader_gone.stdout.close()  # before the command has written anything
+    _, stderr = reader_gone.communicate(timeout=60)
+
+    assert reader_gone.returncode == 141
+    assert stderr == b""

@@ -1,7 +1,11 @@
+from pathlib import Path
+
+import asyncpg
 import pytest
 
 from app.settings import Settings
 from app.store import db
+from tests.conftest import ADMIN_DATABASE_URL, RUN_ID, _with_database
 
 
 async def test_migrate_is_idempotent_on_an_up_to_date_database(database_url, pool):
@@ -42,12 +46,6 @@ async def test_migrating_from_schema_5_gives_existing_data_to_the_default_worksp
     """A database made before workspaces: its test sets, evaluations and
     idempotency keys all end up in "default", and names become unique per
     workspace."""
-    from pathlib import Path
-
-    import asyncpg
-
-    from tests.conftest import ADMIN_DATABASE_URL, RUN_ID, _with_database
-
     name = f"assay_test_{RUN_ID}_v5"
     admin = await asyncpg.connect(ADMIN_DATABASE_URL)
     await admin.execute(f'CREATE DATABASE "{name}"')

@@ -98,7 +98,12 @@ def test_origins_must_be_listed_one_by_one():
     parsed = Settings.from_env({"ASSAY_CORS_ORIGINS": f" {SPA}/ , http://localhost:5173"})
 
     assert parsed.cors_origins == (SPA, "http://localhost:5173")
-    for bad in ("*", "app.example.test", "https://app.example.test/path", "ftp://x"):
+    # As browsers send it: lower case, no port of the scheme's own.
+    assert Settings.from_env({"ASSAY_CORS_ORIGINS": "HTTPS://App.Example.Test:443,"
+                              "http://x.test:80,https://[::1]:8443"}).cors_origins \
+        == (SPA, "http://x.test", "https://[::1]:8443")
+    for bad in ("*", "app.example.test", "https://app.example.test/path", "ftp://x",
+                "http://x.test:abc", "http://x.test:99999"):
         with pytest.raises(SettingsError, match="ASSAY_CORS_ORIGINS"):
             Settings.from_env({"ASSAY_CORS_ORIGINS": bad})
 

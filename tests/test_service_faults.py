@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import websockets
 
 from app import services
 from app.jobs import queue
@@ -182,6 +184,7 @@ async def test_a_postgresql_restart_mid_run_is_survived_without_restarting_a_pro
                 await asyncio.sleep(1.0)
                 with pytest.raises(GraphQLError) as while_down:
                     await stack.query(EVALUATION_STATE, id=evaluation_id)
+                socket_while_down = await _websocket_close_code(stack)
                 await postgres.start(report=lambda _: None)
                 assert postgres.url == own.database_url, "came back on another port"
                 # The API's very first query after the restart must work.
@@ -200,7 +203,10 @@ async def test_a_postgresql_restart_mid_run_is_survived_without_restarting_a_pro
         finally:
             await pool.close()
 
+    # Keys cannot be checked: a retryable refusal, not an authentication one.
     assert while_down.value.code == "INTERNAL_SERVER_ERROR"
+    assert "database is unavailable" in while_down.value.message
+    assert socket_while_down == 1011
     assert after_restart["evaluation"]["totalCases"] == 60
     assert worker_ran_throughout
     assert evaluation["completedCases"] == 60
@@ -386,3 +392,18 @@ async def test_runs_whose_redis_queue_vanished_are_queued_again_from_the_databas
         assert row["completions"] == 1
     # Only the killed worker's dropped calls were asked twice.
     assert len(calls.arrivals) <= 80 + 2 * 2
+
+
+async def _websocket_close_code(stack) -> int | None:
+    """How the API closes a websocket that presents a valid key (None if it
+    acknowledges it)."""
+    async with websockets.connect(stack.ws_url,
+                                  subprotocols=["graphql-transport-ws"]) as ws:
+        await ws.send(json.dumps({"type": "connection_init",
+                                  "payload": stack.init_payload}))
+        try:
+            async with asyncio.timeout(10):
+                await ws.recv()
+        except websockets.ConnectionClosed as closed:
+            return closed.rcvd.code
+        return None

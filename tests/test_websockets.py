@@ -35,7 +35,7 @@ async def queued_evaluation(stack) -> str:
 async def connect(stack, protocol: str):
     ws = await websockets.connect(stack.ws_url, subprotocols=[protocol])
     await ws.send(json.dumps({"type": "connection_init",
-                                  "payload": stack.init_payload}))
+                              "payload": stack.init_payload}))
     while json.loads(await ws.recv())["type"] != "connection_ack":
         pass
     return ws
@@ -277,7 +277,7 @@ async def test_a_repeated_graphql_ws_init_is_refused_and_leaves_no_task(idle_sta
     tasks_before = len(asyncio.all_tasks())
     ws = await connect(idle_stack, "graphql-ws")
     await ws.send(json.dumps({"type": "connection_init",
-                                  "payload": idle_stack.init_payload}))
+                              "payload": idle_stack.init_payload}))
     with pytest.raises(websockets.ConnectionClosed):
         async with asyncio.timeout(5):
             while True:

@@ -27,6 +27,8 @@ from app.store import api_keys as key_store
 log = logging.getLogger(__name__)
 
 ApiKeyId = Annotated[strawberry.ID, strawberry.argument(description="The key's id.")]
+# About a thousand years: far enough to mean "never" without overflowing a
+# timestamp.
 MAX_EXPIRY_DAYS = 365_000
 
 

@@ -21,7 +21,8 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "db" / "schema.sql"
 # (not a fault of the query itself).
 UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError,
                asyncpg.PostgresConnectionError,
-               asyncpg.exceptions.OperatorInterventionError)
+               asyncpg.exceptions.OperatorInterventionError,
+               asyncpg.TooManyConnectionsError)
 # Any constant works, as long as every Assay process uses the same one.
 _MIGRATE_LOCK_KEY = 0x61737361
 

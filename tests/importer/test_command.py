@@ -94,7 +94,8 @@ class FakeAssayApi:
 
 def _graphql_error(message: str, code: str) -> JSONResponse:
     return JSONResponse({"data": None, "errors": [
-        {"message": message, "extensions": {"code": code}}]})
+        {"message": message, "extensions": {"code": code}}]},
+        status_code=401 if code == "UNAUTHENTICATED" else 200)
 
 
 @pytest_asyncio.fixture
