@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -159,7 +159,11 @@ class AssayGraphQL(GraphQL):
                             " (%s)", exc)
                 await _keys_unavailable()(scope, receive, send)
                 return
-        await super().__call__(scope, receive, send)
+        try:
+            await super().__call__(scope, receive, send)
+        except ClientDisconnect:
+            # Gone before its request body arrived: there is no one to answer.
+            log.info("a client left before sending its whole request")
 
     def _is_ide_page(self, request: Request) -> bool:
         # As Strawberry decides to serve GraphiQL: a browser's plain GET.
@@ -395,9 +399,30 @@ def create_app(settings: Settings, *,
 
 
 def _keep_keys_out_of_logs() -> None:
-    uvicorn_log = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, _NoWireDumps) for f in uvicorn_log.filters):
-        uvicorn_log.addFilter(_NoWireDumps())
+    for name, kinds in (("uvicorn.error", (_NoWireDumps, _NoQueryStrings)),
+                        ("uvicorn.access", (_NoQueryStrings,))):
+        logger = logging.getLogger(name)
+        for kind in kinds:
+            if not any(isinstance(f, kind) for f in logger.filters):
+                logger.addFilter(kind())
+
+
+class _NoQueryStrings(logging.Filter):
+    """Leaves the query string out of the paths uvicorn logs for each request
+    and websocket: the API takes keys only in headers, but a client that puts
+    one in the URL (or a GET query holding test data) should not have it
+    written to the access log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_without_query(arg) for arg in record.args)
+        return True
+
+
+def _without_query(arg: object) -> object:
+    if isinstance(arg, str) and arg.startswith("/") and "?" in arg:
+        return arg.split("?", 1)[0] + "?..."
+    return arg
 
 
 class _NoWireDumps(logging.Filter):

@@ -33,15 +33,22 @@ Templates come from API users, so they are treated as untrusted code:
   `escape`, `urlencode`, `urlize`, `tojson`, `%r` and upper-casing can make
   up to about a dozen times the limit from a value within it.
 
-Known shortcomings: the limit is per operation, so what a template keeps
-alive at once is not bounded. Thousands of prompt-sized strings held in
-`{% set %}`s or in one list literal can still take gigabytes (a million
-characters each, at one to four bytes a character), and a macro calling
-itself until the recursion limit stops it, holding one at each of some 150
-levels, a few hundred megabytes. Nothing bounds time either: nested loops,
-or `sum` over many lists, can keep a worker busy for minutes. Both stop
-mattering once prompts are rendered in a child process with memory and
-time limits.
+- An attribute the sandbox refuses fails the render at once, rather than
+  becoming an undefined value that a further `|attr` would turn into a
+  plain "missing variable".
+- A render can be given a time limit (`render(..., time_limit_s=...)`): the
+  template's own code is checked against it line by line, so nested loops
+  end there. Single operations written in C are not interrupted, but each
+  is bounded by the size limits above.
+
+Known shortcomings: the size limit is per operation, so what a template
+keeps alive at once is not bounded. Thousands of prompt-sized strings held
+in `{% set %}`s or in one list literal can still take gigabytes (a million
+characters each, at one to four bytes a character), as fast as the time
+limit allows (a few hundred megabytes in a quarter of a second); a macro
+calling itself until the recursion limit stops it, holding one at each of
+some 150 levels, a few hundred megabytes. Rendering in a child process with
+a memory limit would close this.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ import functools
 import inspect
 import itertools
 import re
+import sys
+import time
 import traceback
 import types
 from collections.abc import (
@@ -133,7 +142,8 @@ class TemplateError(ValueError):
 
 class TemplateRefused(TemplateError):
     """Rendering reached for something the sandbox refuses (a private
-    attribute, an unsafe call, an operation over its size limits)."""
+    attribute, an unsafe call, an operation over its size limits, more time
+    than it was given)."""
 
 
 @dataclass(frozen=True)
@@ -148,16 +158,21 @@ class PromptTemplate:
     variables: frozenset[str]
     _template: jinja2.Template = field(repr=False, compare=False)
 
-    def render(self, variables: Mapping[str, Any]) -> str:
+    def render(self, variables: Mapping[str, Any], *,
+               time_limit_s: float | None = None) -> str:
         """The prompt for one test case's input variables.
 
-        Raises TemplateError for a missing variable, a refused operation or a
-        prompt over MAX_PROMPT_CHARS characters, naming it and its line.
+        Raises TemplateError for a missing variable, a refused operation, a
+        prompt over MAX_PROMPT_CHARS characters or (TemplateRefused) a render
+        that runs past `time_limit_s`, naming it and its line.
         """
         chunks: list[str] = []
         num_chars = 0
         stream = self._template.generate(variables)
+        limit = _TimeLimit(time_limit_s) if time_limit_s is not None else None
         try:
+            if limit is not None:
+                limit.start()
             for chunk in stream:
                 num_chars += len(chunk)
                 if num_chars > MAX_PROMPT_CHARS:
@@ -169,6 +184,9 @@ class PromptTemplate:
                 # so keeping its chunks would grow the list without limit.
                 if chunk:
                     chunks.append(chunk)
+        except _OutOfTime:
+            raise TemplateRefused(
+                f"rendering took longer than {time_limit_s:g} s") from None
         except TemplateError:
             raise
         except jinja2.UndefinedError as error:
@@ -182,8 +200,52 @@ class PromptTemplate:
                 f"{_where(error)}{type(error).__name__}: {error}"
             ) from error
         finally:
+            if limit is not None:
+                limit.stop()
             stream.close()
         return "".join(chunks)
+
+
+class _OutOfTime(BaseException):
+    # A BaseException, so that no `except Exception` on the way out of the
+    # template's code can swallow it.
+    pass
+
+
+class _TimeLimit:
+    """Stops a render past a deadline, checked on every line the template's
+    compiled code runs (Jinja compiles a template to Python).
+
+    Known shortcoming: sys.settrace replaces any tracer already set (a
+    debugger, coverage) for the length of the render; it is put back after.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._deadline = 0.0
+        self._previous: Any = None
+        self._expired = False
+
+    def start(self) -> None:
+        self._deadline = time.perf_counter() + self._seconds
+        self._previous = sys.gettrace()
+        sys.settrace(self._check)
+
+    def stop(self) -> None:
+        sys.settrace(self._previous)
+
+    def _check(self, frame: types.FrameType, event: str, arg: Any) -> Any:
+        if self._expired:
+            return None
+        # Not the size checks of this module: tracing their every line would
+        # cost several times the render, and their loops are bounded by the
+        # very limits they check.
+        if event == "call" and frame.f_code.co_filename == __file__:
+            return None
+        if time.perf_counter() > self._deadline:
+            self._expired = True
+            raise _OutOfTime
+        return self._check
 
 
 def compile_template(source: str) -> PromptTemplate:
@@ -303,6 +365,10 @@ class _PromptEnvironment(ImmutableSandboxedEnvironment):
         if isinstance(obj, _TEXT_TYPES) and attr in _PADDING_METHODS:
             return False
         return super().is_safe_attribute(obj, attr, value)
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
+        raise SecurityError(f"access to attribute {attribute!r} of"
+                            f" {type(obj).__name__!r} object is unsafe")
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         # The sandbox would hand back a safe str.format, but it still pads to

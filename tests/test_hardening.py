@@ -8,6 +8,8 @@ test_api_limits.py; who may do what is in test_access.py.)
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -241,11 +243,13 @@ async def test_no_key_or_model_credential_is_ever_logged_or_answered(settings, c
 
             answers, made = await _use_everything(stack, model, admin, revoked,
                                                   unknown)
+            api_url = stack.url
             secrets.append(made)
 
-    # The test's own websocket client logs the frames it sends.
+    # The test's own clients log what they send to the API (frames, URLs);
+    # the worker's client to the model is kept in.
     logged = "\n".join(_everything_in(record) for record in caplog.records
-                       if not record.name.startswith("websockets.client"))
+                       if not _is_the_tests_own(record, api_url))
     assert len(caplog.records) > 50, "the capture saw the API and the worker"
     for secret in secrets:
         assert secret not in logged
@@ -269,6 +273,15 @@ async def _use_everything(stack, model: FakeModel, admin: str, revoked: str,
 
     for key in (revoked, unknown, f"{unknown} trailing", None):
         await post(key, "{ me { role } }")
+    # Keys where they do not belong: in the URL.
+    async with httpx2.AsyncClient(timeout=30) as http:
+        answers.append((await http.get(stack.graphql_url, params={
+            "query": "{ me { role } }", "apiKey": admin})).text)
+    async with websockets.connect(f"{stack.ws_url}?apiKey={admin}",
+                                  subprotocols=["graphql-transport-ws"]) as ws:
+        await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        with contextlib.suppress(websockets.ConnectionClosed):
+            answers.append(await ws.recv())
     for payload in ({"authorization": f"Bearer {revoked}"}, {"apiKey": unknown}):
         async with websockets.connect(stack.ws_url,
                                       subprotocols=["graphql-ws"]) as ws:
@@ -310,8 +323,32 @@ async def _use_everything(stack, model: FakeModel, admin: str, revoked: str,
     return answers, made["data"]["createApiKey"]["key"]
 
 
+def _is_the_tests_own(record: logging.LogRecord, api_url: str) -> bool:
+    return (record.name.startswith("websockets.client")
+            or (record.name.startswith(("httpx", "httpcore"))
+                and api_url in _everything_in(record)))
+
+
 def _everything_in(record: logging.LogRecord) -> str:
     parts = [record.getMessage(), repr(record.args)]
     if record.exc_info:
         parts.append(logging.Formatter().formatException(record.exc_info))
     return "\n".join(parts)
+
+
+async def test_a_client_that_leaves_mid_request_is_no_error(stack, caplog):
+    caplog.set_level(logging.INFO)
+    host, port = stack.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /graphql HTTP/1.1\r\nHost: x\r\n"
+                 b"Authorization: Bearer " + stack.key.encode() + b"\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                 b'{"query":')
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    await writer.wait_closed()
+    await asyncio.sleep(0.3)
+
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert "a client left before sending its whole request" in caplog.text

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from app.jobs.evaluation import RENDER_TIME_LIMIT_S
 from app.resolvers.evaluations import TRIAL_RENDERS
 from tests.factories import (
     CREATE_EVALUATION,
@@ -1016,6 +1017,8 @@ SANDBOXED_TEMPLATES = [
                  id="item-with-a-name-from-the-input"),
     pytest.param("{{ question|attr('__cl' ~ 'ass__') }}", "not allowed",
                  id="attr-with-a-built-name"),
+    pytest.param("{{ (question|attr(key))|attr('mro') }}", "not allowed",
+                 id="attr-of-a-refused-attr"),
     pytest.param("{{ fmt.format(question) }}", "str.format is not available",
                  id="str-format-with-a-dunder-field"),
     pytest.param("{{ '{0.__class__}'.format(question) }}",
@@ -1065,6 +1068,44 @@ async def test_a_case_past_the_tried_ones_that_the_sandbox_refuses_fails_harmles
     assert failed[0]["error"].startswith("template_error: line 1: ")
     assert "not allowed" in failed[0]["error"]
     assert "<class" not in failed[0]["error"]
+
+
+LOOPS = ("{% for a in xs %}{% for b in xs %}{% for c in xs %}{% endfor %}"
+         "{% endfor %}{% endfor %}ok")
+
+
+async def test_a_template_too_slow_for_the_first_cases_is_refused_at_create(
+        stack, pool):
+    test_set = await create_test_set(stack, [
+        {"input": {"xs": list(range(1000))}, "expectedOutput": "ok"}],
+        name="slow template")
+    before = await row_counts(pool)
+
+    error = await refusal(stack, CREATE_EVALUATION, input=evaluation_input(
+        test_set["id"], promptTemplate=LOOPS))
+
+    assert code_of(error) == "BAD_USER_INPUT"
+    assert error["message"].startswith(
+        "input.promptTemplate: with the input of test case tc_")
+    assert "rendering took longer than" in error["message"]
+    assert await row_counts(pool) == before
+
+
+async def test_a_case_too_slow_to_render_fails_alone_after_its_time_limit(stack):
+    quick = [{"input": {"xs": [1]}, "expectedOutput": "ok"}]
+    test_set = await create_test_set(stack, quick * TRIAL_RENDERS + [
+        {"input": {"xs": list(range(1000))}, "expectedOutput": "ok"}],
+        name="late slow template")
+    created = (await stack.query(CREATE_EVALUATION, input=evaluation_input(
+        test_set["id"], promptTemplate=LOOPS)))["createEvaluation"]
+    await stack.wait_for_status(created["id"], "COMPLETED", "FAILED")
+    evaluation = (await send(stack, EVALUATION, id=created["id"]))["data"]["evaluation"]
+
+    errors = [edge["node"]["error"] for edge in evaluation["results"]["edges"]]
+    assert evaluation["status"] == "COMPLETED"
+    assert errors[:TRIAL_RENDERS] == [None] * TRIAL_RENDERS
+    assert errors[TRIAL_RENDERS] == (f"template_error: rendering took longer than"
+                                     f" {RENDER_TIME_LIMIT_S:g} s")
 
 
 async def test_a_template_that_fails_otherwise_is_left_to_the_run(

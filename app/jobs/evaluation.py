@@ -55,6 +55,11 @@ _ENDPOINT_DOWN_KINDS = frozenset({"connection_error", "timeout", "upstream_error
 _MIN_FAILURES_IN_A_ROW = 10
 WRITE_BATCH_MAX = 500
 WATCH_INTERVAL_S = 1.0
+# How long rendering one case's prompt may take: far beyond any usual
+# template, and short enough that one that loops for ever only slows the
+# worker's other runs (the render holds its event loop) instead of stopping
+# them.
+RENDER_TIME_LIMIT_S = 1.0
 
 
 @dataclasses.dataclass
@@ -325,7 +330,8 @@ class _Run:
 
     async def _answer(self, case: TestCaseRow) -> NewResult | None:
         try:
-            prompt = self.template.render(case.input)
+            prompt = self.template.render(case.input,
+                                          time_limit_s=RENDER_TIME_LIMIT_S)
         except TemplateError as exc:
             return _failed(case, f"template_error: {exc}")
 

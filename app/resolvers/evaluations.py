@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Annotated
 
 import strawberry
@@ -39,8 +40,12 @@ from app.templates import (
 
 log = logging.getLogger(__name__)
 
-# Test cases a new evaluation's template is tried on before it is stored.
+# Test cases a new evaluation's template is tried on before it is stored,
+# and the time all those renders may take together. The trial runs in the
+# API's event loop, so it must stay short: a usual template renders in
+# microseconds.
 TRIAL_RENDERS = 20
+TRIAL_TIME_S = 0.1
 
 EvaluationId = Annotated[strawberry.ID, strawberry.argument(
     description="The evaluation's id.")]
@@ -229,13 +234,16 @@ async def _try_template(context: Context, test_set_id: int,
                         template: PromptTemplate) -> None:
     """Render the template for the first test cases, so that one the sandbox
     refuses only with some inputs (a computed `x[name]` reaching a private
-    attribute, say) is refused now rather than failing every case later.
-    Other rendering errors are left to the run: they may hit a few cases."""
+    attribute, say), or one that takes far too long, is refused now rather
+    than failing every case later. Other rendering errors are left to the
+    run: they may hit a few cases."""
     pages = await test_set_store.page_test_cases(
         context.pool, context.workspace_id, [test_set_id], TRIAL_RENDERS, None)
+    deadline = time.perf_counter() + TRIAL_TIME_S
     for case in pages[test_set_id]:
         try:
-            template.render(case.input)
+            template.render(case.input, time_limit_s=max(
+                deadline - time.perf_counter(), 0.0))
         except TemplateRefused as exc:
             raise BadUserInput(
                 f"input.promptTemplate: with the input of test case"
