@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx2
 import pytest
 
 from app import services
@@ -94,7 +96,44 @@ class TestDemo:
                              re.M), stdout
         assert re.search(r"^  overall +34 ", stdout, re.M), stdout
         assert "34/34 100%" in stderr, stderr
+        assert "Made an admin API key of workspace 'demo'" in stderr, stderr
         assert left_running == [], "assay demo left processes running"
+
+    async def test_kept_running_it_says_how_to_use_its_key_in_graphiql(
+            self, settings, tmp_path):
+        port = free_port()
+        env = {**os.environ, "DATABASE_URL": settings.database_url,
+               "REDIS_URL": settings.redis_url,
+               "ASSAY_REDIS_PREFIX": f"{settings.redis_prefix}-kept"}
+        for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ASSAY_AUTH"):
+            env.pop(name, None)
+        process = await asyncio.create_subprocess_exec(
+            *_assay_command(), "demo", "--data-dir", str(tmp_path / "data"),
+            "--port", str(port), "--latency-ms", "5", "--keep-running",
+            cwd=tmp_path, env=env, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        said = []
+        try:
+            async with asyncio.timeout(DEMO_TIMEOUT_S):
+                while not any("Headers tab" in line for line in said):
+                    said.append((await process.stderr.readline()).decode())
+                    assert said[-1], "".join(said)
+                header = json.loads((await process.stderr.readline()).decode())
+            async with httpx2.AsyncClient(timeout=30) as http:
+                url = f"http://127.0.0.1:{port}/graphql"
+                page = await http.get(url, headers={"Accept": "text/html"})
+                me = await http.post(url, headers=header,
+                                     json={"query": "{ me { workspace role } }"})
+        finally:
+            process.send_signal(signal.SIGINT)
+            async with asyncio.timeout(60):
+                await process.communicate()
+
+        assert page.status_code == 200 and "graphiql" in page.text.lower()
+        assert me.json() == {"data": {"me": {"workspace": "demo", "role": "ADMIN"}}}
+        assert any(f"open http://127.0.0.1:{port}/graphql in a browser" in line
+                   for line in said), "".join(said)
+        assert process.returncode == 0
 
     async def test_it_fails_with_a_clear_message_when_postgresql_refuses_it(
             self, settings, tmp_path):
