@@ -72,6 +72,10 @@ class Settings:
     # How often the API re-checks the keys of open websockets, so that a key
     # revoked elsewhere (`assay keys revoke`) or expiring ends its streams.
     key_check_s: float = 5.0
+    # Requests a minute and calls in flight every worker together keeps to on
+    # one model endpoint (see app/jobs/endpoint_limit.py); None: no limit.
+    model_rpm: int | None = None
+    model_max_calls: int | None = None
     # The key CLI commands that call the API present (`assay import`).
     api_key: str | None = dataclasses.field(default=None, repr=False)
 
@@ -130,6 +134,9 @@ class Settings:
             key_check_s=_number(env, "ASSAY_KEY_CHECK_S", 5.0, float, minimum=0.1,
                                 maximum=3600.0),
             api_key=env.get("ASSAY_API_KEY", "").strip() or None,
+            model_rpm=_optional_number(env, "ASSAY_MODEL_RPM", minimum=1),
+            model_max_calls=_optional_number(env, "ASSAY_MODEL_MAX_CALLS",
+                                             minimum=1),
         )
 
     def replace(self, **changes: object) -> Settings:
@@ -193,6 +200,13 @@ def _prefix(env: Mapping[str, str], name: str, default: str) -> str:
             f"{name} must be 1-64 letters, digits or _ . : -, got {value!r}"
         )
     return value
+
+
+def _optional_number(env: Mapping[str, str], name: str, *,
+                     minimum: int) -> int | None:
+    if not env.get(name, "").strip():
+        return None
+    return _number(env, name, minimum, int, minimum=minimum)
 
 
 def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:

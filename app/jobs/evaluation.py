@@ -34,6 +34,7 @@ from arq.connections import ArqRedis
 
 from app import events
 from app.jobs import queue
+from app.jobs.endpoint_limit import EndpointLimit
 from app.jobs.throttle import Throttle
 from app.llm.client import CallOptions, ModelAnswer, ModelClient, ModelError
 from app.scoring import Scorer, ScorerOptionsError, ScoringError, build_scorer
@@ -76,6 +77,18 @@ class JobContext:
     arq: ArqRedis | None = None
     # Set when the worker is shutting down: runs drain and hand themselves back.
     draining: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    # Requests a minute and calls in flight allowed on the model endpoint,
+    # across all workers (None: no limit).
+    model_rpm: int | None = None
+    model_max_calls: int | None = None
+
+    def endpoint_limit(self, model: str) -> EndpointLimit:
+        """The shared limits of the endpoint a run of `model` calls."""
+        return EndpointLimit(self.redis, self.redis_prefix,
+                             self.model_client.base_url, model,
+                             requests_per_minute=self.model_rpm,
+                             max_calls=self.model_max_calls,
+                             lease_s=self.model_client.deadline_s)
 
 
 async def run_evaluation(job: JobContext, evaluation_id: int, attempt: int) -> str:
@@ -237,6 +250,7 @@ class _Run:
             WRITE_BATCH_MAX * 2)
         self.stopping = asyncio.Event()
         self.throttle = Throttle(evaluation.concurrency)
+        self.endpoint = job.endpoint_limit(evaluation.model)
         self.failures_in_a_row = 0
         self.failure_limit = max(_MIN_FAILURES_IN_A_ROW, 2 * evaluation.concurrency)
         self.callers: list[asyncio.Task[None]] = []
@@ -373,8 +387,9 @@ class _Run:
         rate limits the run; any other failure raises its ModelError. None if
         the run stops before the question could be put."""
         while True:
-            async with self.throttle.slot(self.stopping) as free:
-                if not free:
+            async with (self.throttle.slot(self.stopping) as free,
+                        self.endpoint.call(self.stopping) as permitted):
+                if not (free and permitted):
                     return None
                 try:
                     answer = await self.job.model_client.complete(prompt,
@@ -388,6 +403,7 @@ class _Run:
                     return answer
             if self.stopping.is_set():
                 return None
+            await self.endpoint.rate_limited()
             await self._hold_off(limited)
 
     async def _hold_off(self, limited: ModelError) -> None:

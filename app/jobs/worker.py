@@ -66,7 +66,8 @@ def build_worker(settings: Settings, *, max_evaluations: int = 4,
             redis_prefix=settings.redis_prefix, model_client=model_client,
             database_url=settings.database_url,
             rate_limit_max_wait_s=settings.rate_limit_max_wait_s,
-            arq=ctx["redis"])
+            arq=ctx["redis"], model_rpm=settings.model_rpm,
+            model_max_calls=settings.model_max_calls)
         ctx["sweeper"] = asyncio.create_task(recovery.sweep_forever(
             pool, ctx["redis"], settings.database_url, settings.redis_prefix,
             settings.recovery_interval_s, settings.idempotency_key_hours),
@@ -74,6 +75,10 @@ def build_worker(settings: Settings, *, max_evaluations: int = 4,
         log.info("worker ready: queue %s, model endpoint %s, database %s",
                  queue.queue_name(settings.redis_prefix),
                  mask_password(model_client.base_url), settings.safe_database_url)
+        if settings.model_rpm or settings.model_max_calls:
+            log.info("model endpoint limits shared by all workers: %s requests a"
+                     " minute, %s calls at once", settings.model_rpm or "any",
+                     settings.model_max_calls or "any")
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         sweeper: asyncio.Task[None] | None = ctx.get("sweeper")

@@ -103,6 +103,11 @@ class ModelClient:
         self._deadline_s = (timeout_s * (max_retries + 1)
                             + _MAX_BACKOFF_S * max_retries)
 
+    @property
+    def deadline_s(self) -> float:
+        """The longest one call can take, retries and backoff included."""
+        return self._deadline_s
+
     @classmethod
     def from_settings(cls, settings: Settings, base_url: str) -> ModelClient:
         return cls(base_url, settings.openai_api_key,
