@@ -93,11 +93,9 @@ async def _events_in_order(
 
     idle_check_s = IDLE_CHECK_S
     while True:
-        try:
-            event = await asyncio.wait_for(listener.queue.get(), idle_check_s)
+        event = await _next_published(listener, idle_check_s)
+        if event is not None:
             idle_check_s = IDLE_CHECK_S
-        except TimeoutError:
-            event = None
 
         if event is None or listener.missed or event.sequence > last_seen + 1:
             listener.missed = False
@@ -111,6 +109,19 @@ async def _events_in_order(
         if event is not None and event.sequence == last_seen + 1:
             yield event
             last_seen = event.sequence
+
+
+async def _next_published(listener: Listener,
+                          timeout_s: float) -> ProgressEventRow | None:
+    """The next event the hub passed on; None after `timeout_s` with none."""
+    # Most events arrive while earlier ones are still being sent: taking
+    # them straight off the queue spares a timer and a task for each.
+    if not listener.queue.empty():
+        return listener.queue.get_nowait()
+    try:
+        return await asyncio.wait_for(listener.queue.get(), timeout_s)
+    except TimeoutError:
+        return None
 
 
 async def _stored_after(

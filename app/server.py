@@ -12,6 +12,7 @@ from typing import Any
 import strawberry
 from cross_web import HTTPException
 from graphql import GraphQLError
+from graphql.validation import NoSchemaIntrospectionCustomRule
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -24,12 +25,14 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import (
-    DisableIntrospection,
-    MaxAliasesLimiter,
+    AddValidationRules,
     MaxTokensLimiter,
     ParserCache,
-    QueryDepthLimiter,
     ValidationCache,
+)
+from strawberry.extensions.max_aliases import create_validator as aliases_rule
+from strawberry.extensions.query_depth_limiter import (
+    create_validator as depth_rule,
 )
 from strawberry.schema.exceptions import InvalidOperationTypeError
 
@@ -105,18 +108,22 @@ def _is_subscription_over_http(error: GraphQLError) -> bool:
 
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     settings = settings or Settings()
-    extensions: list[Any] = [
+    # The limits' rules are made once: the validation cache is keyed by the
+    # document and the rule classes, and Strawberry's own limiter extensions
+    # make new classes for every request, so nothing was ever found in it.
+    rules = [depth_rule(settings.max_query_depth, None),
+             aliases_rule(settings.max_query_aliases)]
+    if not settings.introspection:
+        rules.append(NoSchemaIntrospectionCustomRule)
+    extensions = [
         # Parsing and validating a document costs more than running a
         # small query; the caches make repeated documents nearly free.
         # Keyed by the whole document, which ASSAY_MAX_QUERY_CHARS bounds.
         lambda: ParserCache(maxsize=200),
         lambda: ValidationCache(maxsize=200),
-        lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
-        lambda: MaxAliasesLimiter(max_alias_count=settings.max_query_aliases),
+        lambda: AddValidationRules(rules),
         lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
     ]
-    if not settings.introspection:
-        extensions.append(DisableIntrospection)
     return _Schema(query=Query, mutation=Mutation, subscription=Subscription,
                    extensions=extensions)
 

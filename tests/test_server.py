@@ -149,3 +149,20 @@ async def test_healthz_answers_503_naming_postgresql_when_it_is_down(settings):
     assert before.status_code == 200
     assert after.status_code == 503
     assert after.json()["down"] == ["postgresql"]
+
+
+async def test_a_repeated_document_is_validated_once(stack):
+    # The cache lives in Strawberry (a private, module-level LRU); this checks
+    # that Assay's own validation rules do not make every lookup miss.
+    from strawberry.extensions.validation_cache import _get_validate_cache
+
+    document = "{ me { workspace role } }  # validated once"
+    cache = _get_validate_cache(200)
+    await stack.query(document)
+    before = cache.cache_info()
+    for _ in range(3):
+        await stack.query(document)
+    after = cache.cache_info()
+
+    assert after.hits - before.hits == 3
+    assert after.misses == before.misses
