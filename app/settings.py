@@ -76,6 +76,11 @@ class Settings:
     # one model endpoint (see app/jobs/endpoint_limit.py); None: no limit.
     model_rpm: int | None = None
     model_max_calls: int | None = None
+    # An evaluation is run in parts of this many consecutive test cases, and
+    # by up to this many workers at once (its lead and helpers, each with the
+    # evaluation's concurrency).
+    part_cases: int = 200
+    workers_per_evaluation: int = 4
     # The key CLI commands that call the API present (`assay import`).
     api_key: str | None = dataclasses.field(default=None, repr=False)
 
@@ -135,6 +140,9 @@ class Settings:
                                 maximum=3600.0),
             api_key=env.get("ASSAY_API_KEY", "").strip() or None,
             model_rpm=_optional_number(env, "ASSAY_MODEL_RPM", minimum=1),
+            part_cases=_number(env, "ASSAY_PART_CASES", 200, int, minimum=1),
+            workers_per_evaluation=_number(env, "ASSAY_WORKERS_PER_EVALUATION", 4,
+                                           int, minimum=1, maximum=256),
             model_max_calls=_optional_number(env, "ASSAY_MODEL_MAX_CALLS",
                                              minimum=1),
         )

@@ -54,8 +54,10 @@ a memory limit would close this.
 from __future__ import annotations
 
 import functools
+import gc
 import inspect
 import itertools
+import os
 import re
 import sys
 import time
@@ -214,7 +216,13 @@ class _OutOfTime(BaseException):
 
 class _TimeLimit:
     """Stops a render past a deadline, checked on every line the template's
-    compiled code runs (Jinja compiles a template to Python).
+    compiled code (Jinja compiles a template to Python) and Jinja's own
+    runtime and filters run.
+
+    The render is stopped only from inside that code: a line of anything
+    else that happens to run meanwhile (a weakref callback, say) must never
+    see an exception it did not cause. The garbage collector is paused for
+    the render, so that neither its pauses nor its callbacks land in it.
 
     Known shortcoming: sys.settrace replaces any tracer already set (a
     debugger, coverage) for the length of the render; it is put back after.
@@ -224,28 +232,38 @@ class _TimeLimit:
         self._seconds = seconds
         self._deadline = 0.0
         self._previous: Any = None
+        self._collecting = False
         self._expired = False
 
     def start(self) -> None:
         self._deadline = time.perf_counter() + self._seconds
+        self._collecting = gc.isenabled()
+        gc.disable()
         self._previous = sys.gettrace()
         sys.settrace(self._check)
 
     def stop(self) -> None:
         sys.settrace(self._previous)
+        if self._collecting:
+            gc.enable()
 
     def _check(self, frame: types.FrameType, event: str, arg: Any) -> Any:
         if self._expired:
             return None
+        filename = frame.f_code.co_filename
         # Not the size checks of this module: tracing their every line would
         # cost several times the render, and their loops are bounded by the
         # very limits they check.
-        if event == "call" and frame.f_code.co_filename == __file__:
+        if event == "call" and filename == __file__:
             return None
-        if time.perf_counter() > self._deadline:
+        if (time.perf_counter() > self._deadline
+                and (filename == "<template>" or filename.startswith(_JINJA_DIR))):
             self._expired = True
             raise _OutOfTime
         return self._check
+
+
+_JINJA_DIR = os.path.dirname(jinja2.__file__)
 
 
 def compile_template(source: str) -> PromptTemplate:

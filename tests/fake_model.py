@@ -84,6 +84,8 @@ class FakeModel:
         self.rate_limit_retry_after: str | None = None
         # Hung calls whose client gave up on them and closed the connection.
         self.abandoned = 0
+        # How long every call takes to be answered.
+        self.latency_s = 0.0
         self._scripts: dict[str, deque[Behaviour]] = defaultdict(deque)
         self._closing = asyncio.Event()
 
@@ -126,6 +128,8 @@ class FakeModel:
         else:
             behaviour = queued.popleft() if queued else self.default
         self.calls.append(Call(prompt, time.monotonic(), behaviour))
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
 
         match behaviour:
             case Answer():

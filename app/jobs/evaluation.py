@@ -22,14 +22,18 @@ stored, and the rest of the run is queued as a new attempt.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
 import asyncpg
 import redis.asyncio as aioredis
+from arq import Retry
 from arq.connections import ArqRedis
 
 from app import events
@@ -61,6 +65,14 @@ WATCH_INTERVAL_S = 1.0
 # worker's other runs (the render holds its event loop) instead of stopping
 # them.
 RENDER_TIME_LIMIT_S = 1.0
+# How soon a helper job its worker cannot use goes back for another worker,
+# the first time and at the most.
+HELPER_RETRY_S = 0.2
+HELPER_RETRY_MAX_S = 30.0
+HELPER_MAX_TRIES = 10
+# Before running a part another runner held and left unfinished, long enough
+# for that runner to notice it lost its lock connection and stop calling.
+TAKEOVER_GRACE_S = 7.0
 
 
 @dataclasses.dataclass
@@ -81,6 +93,14 @@ class JobContext:
     # across all workers (None: no limit).
     model_rpm: int | None = None
     model_max_calls: int | None = None
+    # An evaluation's parts, and how many workers may run it at once.
+    part_cases: int = 200
+    workers_per_evaluation: int = 4
+    # The evaluations this process is running (as lead or helper): a helper
+    # job for one of them is better taken by another worker.
+    # (A count: an old attempt's helper may still run beside a new lead.)
+    running: collections.Counter[int] = dataclasses.field(
+        default_factory=collections.Counter)
 
     def endpoint_limit(self, model: str) -> EndpointLimit:
         """The shared limits of the endpoint a run of `model` calls."""
@@ -123,6 +143,7 @@ async def _run_while_locked(job: JobContext, evaluation_id: int, attempt: int,
     if not resumed and not await _change_status(job, evaluation, "IN_PROGRESS",
                                                 from_statuses=("QUEUED",)):
         return "CANCELLED"
+    await _ask_for_helpers(job, evaluation)
     log.info("evaluation %s (workspace %s) attempt %s %s: %d cases, %d done,"
              " model %s, concurrency %d", evaluation_id, evaluation.workspace_id,
              attempt, "resumed" if resumed else "started",
@@ -137,16 +158,78 @@ async def _run_while_locked(job: JobContext, evaluation_id: int, attempt: int,
         return "FAILED"
 
     started = time.monotonic()
-    run = _Run(job, evaluation, template, scorer, lock)
+    run = _Run(job, evaluation, template, scorer, lock, lead=True)
+    job.running[evaluation_id] += 1
     try:
         await run.execute()
     except Exception as exc:
         outcome = await _after_crash(job, evaluation, exc)
     else:
         outcome = await _after_run(job, evaluation, run)
+    finally:
+        job.running[evaluation_id] -= 1
     log.info("evaluation %s attempt %s ended %s after %.1fs", evaluation_id, attempt,
              outcome, time.monotonic() - started)
     return outcome
+
+
+async def run_evaluation_part(job: JobContext, evaluation_id: int,
+                              attempt: int, tries: int = 1) -> str:
+    """Help an attempt's lead: run whichever parts of the evaluation no other
+    worker holds, then end. Only the lead finishes the evaluation; a helper
+    records only a fatal error."""
+    evaluation = await evaluation_store.get_evaluation(job.pool, evaluation_id)
+    if (evaluation is None or evaluation.attempt != attempt
+            or evaluation.status != "IN_PROGRESS"):
+        return "NOT_NEEDED"
+    if job.running[evaluation_id] > 0:
+        # This worker runs it already; the job goes back to the queue for a
+        # worker that does not (one that polls first takes it), less often
+        # each time, since on a worker alone it comes back here every time;
+        # after a few tries nobody else is free, and it is let go.
+        if tries >= HELPER_MAX_TRIES:
+            return "NOT_NEEDED"
+        log.debug("evaluation %s: helper job sent back for another worker",
+                  evaluation_id)
+        raise Retry(defer=min(HELPER_RETRY_S * 2 ** (tries - 1),
+                              HELPER_RETRY_MAX_S))
+    try:
+        template = compile_template(evaluation.prompt_template)
+        scorer = build_scorer(evaluation.scorer_type, evaluation.scorer_options)
+    except (TemplateError, ScorerOptionsError):
+        return "NOT_NEEDED"  # the lead fails the evaluation for this
+    job.running[evaluation_id] += 1
+    try:
+        async with run_locks.part_locks(job.database_url, evaluation_id) as lock:
+            run = _Run(job, evaluation, template, scorer, lock, lead=False)
+            await run.execute()
+    except Exception as exc:
+        if _lost_database(exc):
+            log.warning("evaluation %s: a helper lost PostgreSQL (%s)",
+                        evaluation_id, exc)
+            return "INTERRUPTED"
+        raise
+    finally:
+        job.running[evaluation_id] -= 1
+    if run.fatal_error is not None:
+        await _finish(job, evaluation, "FAILED", run.fatal_error)
+        return "FAILED"
+    log.info("evaluation %s attempt %s: a helper ran %d part(s)", evaluation_id,
+             attempt, run.parts_run)
+    return run.stopped_by or "HELPED"
+
+
+async def _ask_for_helpers(job: JobContext, evaluation: EvaluationRow) -> None:
+    """Queue jobs for other workers to run parts of a large evaluation."""
+    parts_left = math.ceil((evaluation.total_cases - evaluation.completed_cases)
+                           / job.part_cases)
+    helpers = min(job.workers_per_evaluation, parts_left) - 1
+    if helpers < 1 or job.arq is None:
+        return
+    await queue.enqueue_helpers(job.arq, job.redis_prefix, evaluation.id,
+                                evaluation.attempt, helpers)
+    log.info("evaluation %s attempt %s: %d helper job(s) queued for %d parts",
+             evaluation.id, evaluation.attempt, helpers, parts_left)
 
 
 async def _after_crash(job: JobContext, evaluation: EvaluationRow,
@@ -176,6 +259,15 @@ async def _after_run(job: JobContext, evaluation: EvaluationRow, run: _Run) -> s
         return run.stopped_by  # cancelled or deleted: already recorded
 
     status = "FAILED" if run.fatal_error is not None else "COMPLETED"
+    if status == "COMPLETED":
+        current = await evaluation_store.get_evaluation(job.pool, evaluation.id)
+        if current is not None and current.completed_cases < current.total_cases:
+            # Never expected: the run ended with cases unanswered. Leaving it
+            # IN_PROGRESS lets the recovery sweep run them.
+            log.error("evaluation %s ended its run with %d of %d cases done; it"
+                      " will be resumed", evaluation.id, current.completed_cases,
+                      current.total_cases)
+            return "INCOMPLETE"
     if not await _finish(job, evaluation, status, run.fatal_error):
         # A cancel landed between the last result and this update.
         current = await evaluation_store.evaluation_status(job.pool, evaluation.id)
@@ -235,9 +327,17 @@ async def _finish(job: JobContext, evaluation: EvaluationRow, status: str,
 class _Run:
     def __init__(self, job: JobContext, evaluation: EvaluationRow,
                  template: PromptTemplate, scorer: Scorer,
-                 lock: run_locks.RunLock) -> None:
+                 lock: run_locks.RunLock, *, lead: bool) -> None:
         self.job = job
         self.lock = lock
+        # The lead waits for the parts helpers hold, and takes over any a
+        # helper leaves unfinished; a helper ends when no part is free.
+        self.lead = lead
+        self.parts_run = 0
+        # Per part being run: cases fed and not yet stored, and whether all
+        # its cases have been fed; a part is let go once both are done.
+        self.unstored: collections.Counter[int] = collections.Counter()
+        self.fed_parts: set[int] = set()
         self.evaluation = evaluation
         self.template = template
         self.scorer = scorer
@@ -295,24 +395,69 @@ class _Run:
                 caller.cancel()
 
     async def _feed_cases(self) -> None:
-        after_position = -1
+        """Feed the cases without a result, a part at a time, taking each
+        part's lock first: a part another worker holds is left to it, and
+        the lead comes back for it until it is done."""
+        part_cases = self.job.part_cases
+        left = list(range(math.ceil(self.evaluation.total_cases / part_cases)))
+        seen_held: set[int] = set()
+        while left and not self.stopping.is_set():
+            held_elsewhere = []
+            for part in left:
+                if self.stopping.is_set():
+                    break
+                first, last = self._bounds(part)
+                if not await evaluation_store.part_has_cases_without_result(
+                        self.job.pool, self.evaluation, first, last):
+                    continue
+                if not await self.lock.take_part(part):
+                    held_elsewhere.append(part)
+                    seen_held.add(part)
+                    continue
+                if part in seen_held:
+                    # Left unfinished by a runner that may not know yet.
+                    await _sleep_unless(self.stopping, TAKEOVER_GRACE_S)
+                self.parts_run += 1
+                await self._feed_part(part, first, last)
+            left = held_elsewhere if self.lead else []
+            if left:
+                await _sleep_unless(self.stopping, WATCH_INTERVAL_S)
+        for _ in range(self.evaluation.concurrency):
+            await self._put_unless_stopping(None)
+
+    def _bounds(self, part: int) -> tuple[int, int]:
+        first = part * self.job.part_cases
+        return first, min(first + self.job.part_cases, self.evaluation.total_cases) - 1
+
+    async def _feed_part(self, part: int, first: int, last: int) -> None:
+        await self._feed_part_cases(part, first, last)
+        self.fed_parts.add(part)
+        if self.unstored[part] == 0 and not self.stopping.is_set():
+            await self.lock.release_part(part)
+
+    async def _feed_part_cases(self, part: int, first: int, last: int) -> None:
+        after_position = first - 1
         while not self.stopping.is_set():
+            # A runner whose lock connection went must not feed another page:
+            # another runner may already have its part.
+            if not await self.lock.still_held():
+                self.stop(stopped_by="LOCK_LOST")
+                return
             page = await evaluation_store.cases_without_result(
                 self.job.pool, self.evaluation, after_position, FEED_PAGE_SIZE)
             for case in page:
-                # Only the cases the evaluation was created over; cases appended
-                # to the test set later belong to later evaluations.
-                if case.position >= self.evaluation.total_cases:
-                    page = []
-                    break
+                # Only this part's cases (and so only the cases the evaluation
+                # was created over: cases appended to the test set later
+                # belong to later evaluations).
+                if case.position > last:
+                    return
+                self.unstored[part] += 1
                 await self._put_unless_stopping(case)
                 if self.stopping.is_set():
-                    break
+                    return
             if len(page) < FEED_PAGE_SIZE:
-                break
+                return
             after_position = page[-1].position
-        for _ in range(self.evaluation.concurrency):
-            await self._put_unless_stopping(None)
 
     async def _put_unless_stopping(self, case: TestCaseRow | None) -> None:
         await self._unless_stopping(self.cases.put(case))
@@ -441,6 +586,16 @@ class _Run:
         await events.publish(self.job.redis, self.job.redis_prefix, stored_events)
         if status != "IN_PROGRESS":
             self.stop(stopped_by=status)
+            return
+        await self._let_go_of_finished_parts(batch)
+
+    async def _let_go_of_finished_parts(self, batch: list[NewResult]) -> None:
+        for result in batch:
+            part = result.position // self.job.part_cases
+            self.unstored[part] -= 1
+            if self.unstored[part] == 0 and part in self.fed_parts:
+                del self.unstored[part]
+                await self.lock.release_part(part)
 
     async def _watch_draining(self) -> None:
         await self.job.draining.wait()
@@ -465,6 +620,11 @@ class _Run:
             if status != "IN_PROGRESS":
                 self.stop(stopped_by=status or "DELETED")
                 return
+
+
+async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
 
 
 # InternalClientError ("cannot switch to state ...; another operation is in

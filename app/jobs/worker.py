@@ -15,7 +15,7 @@ from arq.connections import RedisSettings
 from arq.worker import func
 
 from app.jobs import queue, recovery
-from app.jobs.evaluation import JobContext, run_evaluation
+from app.jobs.evaluation import JobContext, run_evaluation, run_evaluation_part
 from app.llm.client import ModelClient
 from app.settings import Settings, mask_password
 from app.store import db
@@ -57,6 +57,10 @@ def build_worker(settings: Settings, *, max_evaluations: int = 4,
     async def run(ctx: dict[str, Any], evaluation_id: int, attempt: int) -> str:
         return await run_evaluation(ctx["job"], evaluation_id, attempt)
 
+    async def help_run(ctx: dict[str, Any], evaluation_id: int, attempt: int) -> str:
+        return await run_evaluation_part(ctx["job"], evaluation_id, attempt,
+                                         tries=ctx["job_try"])
+
     async def startup(ctx: dict[str, Any]) -> None:
         pool = await db.create_pool(settings, application_name="assay-worker")
         await db.check_schema(pool)
@@ -67,7 +71,9 @@ def build_worker(settings: Settings, *, max_evaluations: int = 4,
             database_url=settings.database_url,
             rate_limit_max_wait_s=settings.rate_limit_max_wait_s,
             arq=ctx["redis"], model_rpm=settings.model_rpm,
-            model_max_calls=settings.model_max_calls)
+            model_max_calls=settings.model_max_calls,
+            part_cases=settings.part_cases,
+            workers_per_evaluation=settings.workers_per_evaluation)
         ctx["sweeper"] = asyncio.create_task(recovery.sweep_forever(
             pool, ctx["redis"], settings.database_url, settings.redis_prefix,
             settings.recovery_interval_s, settings.idempotency_key_hours),
@@ -94,7 +100,9 @@ def build_worker(settings: Settings, *, max_evaluations: int = 4,
         await job.pool.close()
 
     return _DrainingWorker(
-        functions=[func(run, name=queue.RUN_EVALUATION, timeout=_RUN_TIMEOUT)],
+        functions=[func(run, name=queue.RUN_EVALUATION, timeout=_RUN_TIMEOUT),
+                   func(help_run, name=queue.RUN_EVALUATION_PART,
+                        timeout=_RUN_TIMEOUT)],
         queue_name=queue.queue_name(settings.redis_prefix),
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=startup,

@@ -74,7 +74,8 @@ class CreateEvaluationInput:
     concurrency: int | None = strawberry.field(
         default=None,
         description="How many model calls may be in flight at once for this"
-        " evaluation (default 8).")
+        " evaluation on each worker running it (default 8); a large evaluation"
+        " is shared by up to ASSAY_WORKERS_PER_EVALUATION workers.")
     idempotency_key: str | None = strawberry.field(
         default=None,
         description="Chosen by the client to make retrying safe: a request with"

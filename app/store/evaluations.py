@@ -467,6 +467,18 @@ async def cases_without_result(
     return [from_record(TestCaseRow, r) for r in records]
 
 
+async def part_has_cases_without_result(
+    pool: asyncpg.Pool, evaluation: EvaluationRow, first: int, last: int
+) -> bool:
+    """Whether any case from position `first` to `last` has no result yet."""
+    return await pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM test_cases tc"
+        " WHERE tc.test_set_id = $1 AND tc.position BETWEEN $2 AND $3"
+        "   AND NOT EXISTS (SELECT 1 FROM evaluation_results r"
+        "                   WHERE r.evaluation_id = $4 AND r.test_case_id = tc.id))",
+        evaluation.test_set_id, first, last, evaluation.id)
+
+
 async def page_results(
     pool: asyncpg.Pool,
     workspace_id: int,
