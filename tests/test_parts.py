@@ -69,11 +69,16 @@ async def test_a_helper_that_dies_mid_part_leaves_its_part_to_the_lead(
         lead_model.latency_s = helper_model.latency_s = 0.05
         async with running_stack(own, with_worker=False) as stack:
             test_set = await create_test_set(stack, arithmetic_cases(60))
-            async with worker(own.replace(openai_base_url=lead_model.base_url)):
-                helper = asyncio.create_task(_run_worker_until_cancelled(
-                    own.replace(openai_base_url=helper_model.base_url)))
+            # The lead's worker runs one job at a time, so the helper jobs
+            # wait for the helper's worker, started once the lead runs.
+            async with worker(own.replace(openai_base_url=lead_model.base_url),
+                              max_evaluations=1):
                 created = await create_evaluation(stack, test_set["id"],
                                                   concurrency=2)
+                while not lead_model.calls:
+                    await asyncio.sleep(0.01)
+                helper = asyncio.create_task(_run_worker_until_cancelled(
+                    own.replace(openai_base_url=helper_model.base_url)))
                 while len(helper_model.calls) < 5:
                     await asyncio.sleep(0.01)
                 helper.cancel()  # its lock connection goes, as in a crash
