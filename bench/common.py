@@ -183,10 +183,9 @@ async def workers_running(settings: Settings, env: dict[str, str],
         await redis.aclose()
 
 
-async def seconds_to_complete(pool: asyncpg.Pool, settings: Settings,
-                              test_set_id: int, concurrency: int) -> float:
-    """Queue a new evaluation of the test set; seconds from enqueueing it to
-    its COMPLETED status. Raises if it ends otherwise or any case failed."""
+async def queue_evaluation(pool: asyncpg.Pool, settings: Settings,
+                           test_set_id: int, concurrency: int) -> int:
+    """Store a new evaluation of the test set and queue its job; its row id."""
     new = evaluation_store.NewEvaluation(
         workspace_id=await workspace_id(pool), test_set_id=test_set_id,
         name=None, model=MODEL_ID, prompt_template=PROMPT_TEMPLATE,
@@ -194,23 +193,31 @@ async def seconds_to_complete(pool: asyncpg.Pool, settings: Settings,
         scorer_type="NUMERIC", scorer_options={}, concurrency=concurrency,
         queue_prefix=settings.redis_prefix)
     evaluation, _ = await evaluation_store.create_evaluation(pool, new)
-
     arq = await queue.connect(settings.redis_url)
     try:
-        # The end is the completed_at PostgreSQL records, on this machine's
-        # clock too, so how often the loop below looks adds no error.
-        enqueued_at = time.time()
         await queue.enqueue_evaluation(arq, settings.redis_prefix, evaluation.id,
                                        evaluation.attempt)
-        while (finished := await evaluation_store.get_evaluation(
-                pool, evaluation.id)).status in ("QUEUED", "IN_PROGRESS"):
-            await asyncio.sleep(0.1)
     finally:
         await arq.aclose()
+    return evaluation.id
+
+
+async def seconds_to_complete(pool: asyncpg.Pool, settings: Settings,
+                              test_set_id: int, concurrency: int) -> float:
+    """Queue a new evaluation of the test set; seconds from enqueueing it to
+    its COMPLETED status. Raises if it ends otherwise or any case failed."""
+    # The end is the completed_at PostgreSQL records, on this machine's clock
+    # too, so how often the loop below looks adds no error.
+    enqueued_at = time.time()
+    evaluation_id = await queue_evaluation(pool, settings, test_set_id,
+                                           concurrency)
+    while (finished := await evaluation_store.get_evaluation(
+            pool, evaluation_id)).status in ("QUEUED", "IN_PROGRESS"):
+        await asyncio.sleep(0.1)
 
     if finished.status != "COMPLETED" or finished.failed_cases:
         raise RuntimeError(
-            f"evaluation {evaluation.id} ended {finished.status} with"
+            f"evaluation {evaluation_id} ended {finished.status} with"
             f" {finished.failed_cases} failed case(s): {finished.error}")
     return finished.completed_at.timestamp() - enqueued_at
 

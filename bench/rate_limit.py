@@ -20,21 +20,18 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.jobs import queue  # noqa: E402
 from app.store import db  # noqa: E402
-from app.store import evaluations as evaluation_store  # noqa: E402
 from bench.common import (  # noqa: E402
-    PROMPT_TEMPLATE,
     arithmetic_test_set,
     env_for,
     free_port,
+    queue_evaluation,
     report,
     start,
     stop,
     throwaway_settings,
     wait_for_http,
     workers_running,
-    workspace_id,
 )
 
 WORKERS = 2
@@ -53,8 +50,9 @@ async def run(quick: bool) -> dict[str, float]:
             # Enough cases that no run ends inside the window.
             size = int(rpm / 60 * (window_s + 5))
             async with workers_running(settings, env, WORKERS):
-                evaluation_ids = [await _queued_evaluation(pool, settings, size)
-                                  for _ in range(WORKERS)]
+                evaluation_ids = [await queue_evaluation(
+                    pool, settings, await arithmetic_test_set(pool, size), 16)
+                    for _ in range(WORKERS)]
                 await asyncio.sleep(2.0)  # past the burst allowed at first
                 before = await _results(pool, evaluation_ids)
                 started = time.perf_counter()
@@ -69,23 +67,6 @@ async def run(quick: bool) -> dict[str, float]:
     report("requests a minute observed", observed, "/min", ceiling=rpm,
            ceiling_name="limit set", target="at most the limit, and close to it")
     return {"rate_limit_rpm_set": rpm, "rate_limit_rpm_observed": round(observed, 1)}
-
-
-async def _queued_evaluation(pool, settings, size: int) -> int:
-    new = evaluation_store.NewEvaluation(
-        workspace_id=await workspace_id(pool),
-        test_set_id=await arithmetic_test_set(pool, size), name=None,
-        model="assay-simulator", prompt_template=PROMPT_TEMPLATE,
-        system_prompt=None, temperature=None, max_tokens=None,
-        scorer_type="NUMERIC", scorer_options={}, concurrency=16,
-        queue_prefix=settings.redis_prefix)
-    evaluation, _ = await evaluation_store.create_evaluation(pool, new)
-    arq = await queue.connect(settings.redis_url)
-    try:
-        await queue.enqueue_evaluation(arq, settings.redis_prefix, evaluation.id, 1)
-    finally:
-        await arq.aclose()
-    return evaluation.id
 
 
 async def _results(pool, evaluation_ids: list[int]) -> int:

@@ -33,6 +33,8 @@ from collections.abc import AsyncIterator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.jobs.throttle import sleep_unless_stopping
+
 log = logging.getLogger(__name__)
 
 RECOVERY_S = 60.0
@@ -152,7 +154,7 @@ class EndpointLimit:
                 args=[self.requests_per_minute, RECOVERY_S, burst, _IDLE_EXPIRY_S]))
             if wait is None or float(wait) <= 0:
                 return True
-            await _sleep_unless(stopping, float(wait))
+            await sleep_unless_stopping(stopping, float(wait))
         return False
 
     async def _wait_for_lease(self, stopping: asyncio.Event) -> str | None:
@@ -169,7 +171,7 @@ class EndpointLimit:
             if int(taken):
                 return holder
             # Jittered, so that workers waiting together do not ask together.
-            await _sleep_unless(stopping, _POLL_S * (0.5 + random.random()))
+            await sleep_unless_stopping(stopping, _POLL_S * (0.5 + random.random()))
         return None
 
     async def _unless_redis_fails(self, step):
@@ -181,8 +183,3 @@ class EndpointLimit:
                 log.warning("cannot reach Redis for the model endpoint's shared"
                             " limits; calling without them: %s", exc)
             return None
-
-
-async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), seconds)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import logging
 import math
@@ -39,11 +38,11 @@ from arq.connections import ArqRedis
 from app import events
 from app.jobs import queue
 from app.jobs.endpoint_limit import EndpointLimit
-from app.jobs.throttle import Throttle
+from app.jobs.throttle import Throttle, sleep_unless_stopping
 from app.llm.client import CallOptions, ModelAnswer, ModelClient, ModelError
 from app.scoring import Scorer, ScorerOptionsError, ScoringError, build_scorer
+from app.store import db, run_locks
 from app.store import evaluations as evaluation_store
-from app.store import run_locks
 from app.store.rows import EvaluationRow, NewResult, TestCaseRow
 from app.templates import PromptTemplate, TemplateError, compile_template
 
@@ -416,12 +415,12 @@ class _Run:
                     continue
                 if part in seen_held:
                     # Left unfinished by a runner that may not know yet.
-                    await _sleep_unless(self.stopping, TAKEOVER_GRACE_S)
+                    await sleep_unless_stopping(self.stopping, TAKEOVER_GRACE_S)
                 self.parts_run += 1
                 await self._feed_part(part, first, last)
             left = held_elsewhere if self.lead else []
             if left:
-                await _sleep_unless(self.stopping, WATCH_INTERVAL_S)
+                await sleep_unless_stopping(self.stopping, WATCH_INTERVAL_S)
         for _ in range(self.evaluation.concurrency):
             await self._put_unless_stopping(None)
 
@@ -622,18 +621,11 @@ class _Run:
                 return
 
 
-async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), seconds)
-
-
 # InternalClientError ("cannot switch to state ...; another operation is in
 # progress") comes from a pooled connection left mid-operation when its server
 # process was terminated under it: the database going away as seen from
 # asyncpg's side, not a fault of the run.
-_DATABASE_GONE = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-                  asyncpg.exceptions.OperatorInterventionError,
-                  asyncpg.InternalClientError)
+_DATABASE_GONE = (*db.UNAVAILABLE, asyncpg.InternalClientError)
 
 
 def _lost_database(exc: BaseException) -> bool:

@@ -104,3 +104,9 @@ class Throttle:
         if self._limited_since is None:
             return 0.0
         return time.monotonic() - self._limited_since
+
+
+async def sleep_unless_stopping(stopping: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less if the run starts stopping meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)

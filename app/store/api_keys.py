@@ -56,9 +56,7 @@ async def create_key(pool: asyncpg.Pool, workspace: str, role: str, name: str | 
             "INSERT INTO api_keys (workspace_id, name, role, key_digest, key_start,"
             "   expires_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
             workspace_id, name, role, key_digest, key_start, expires_at)
-        return _row(await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM api_keys k JOIN workspaces w"
-            " ON w.id = k.workspace_id WHERE k.id = $1", key_id))
+        return await key_by_id(conn, key_id)
 
 
 async def list_keys(pool: asyncpg.Pool, workspace: str | None = None, *,
@@ -103,8 +101,9 @@ async def key_by_digest(pool: asyncpg.Pool,
     return (_row(record), record["key_digest"]) if record else None
 
 
-async def key_by_id(pool: asyncpg.Pool, key_id: int) -> ApiKeyRow | None:
-    record = await pool.fetchrow(
+async def key_by_id(db: asyncpg.Pool | asyncpg.Connection,
+                    key_id: int) -> ApiKeyRow | None:
+    record = await db.fetchrow(
         f"SELECT {_COLUMNS} FROM api_keys k JOIN workspaces w"
         " ON w.id = k.workspace_id WHERE k.id = $1", key_id)
     return _row(record) if record else None
