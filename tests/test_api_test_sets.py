@@ -99,6 +99,29 @@ async def test_append_test_cases_adds_after_the_last_case(stack):
     assert nodes[-1]["category"] == {"name": "new"}
 
 
+async def test_test_cases_written_in_the_document_keep_every_field(stack):
+    created = await create_test_set(stack, arithmetic_cases(1))
+
+    await stack.query(
+        'mutation($id: ID!) { appendTestCases(testSetId: $id, testCases: ['
+        ' {input: {question: "all", n: [1, {k: null}]}, expectedOutput: "x",'
+        '  category: "lit", metadata: {line: 7}},'
+        ' {input: {question: "bare"}},'
+        ' {input: {question: "nulls"}, expectedOutput: null, category: null,'
+        '  metadata: null}]) { testCaseCount } }', id=created["id"])
+    page = await stack.query(TEST_SET_PAGE, id=created["id"])
+
+    nodes = [e["node"] for e in page["testSet"]["testCases"]["edges"]][1:]
+    assert nodes[0] == {"id": nodes[0]["id"],
+                        "input": {"question": "all", "n": [1, {"k": None}]},
+                        "expectedOutput": "x", "metadata": {"line": 7},
+                        "category": {"name": "lit"}}
+    for node, question in zip(nodes[1:], ["bare", "nulls"]):
+        assert node["input"] == {"question": question}
+        assert (node["expectedOutput"], node["metadata"], node["category"]) == (
+            None, None, None)
+
+
 async def test_test_sets_list_newest_first_with_a_total(stack):
     first = await create_test_set(stack, arithmetic_cases(1))
     second = await create_test_set(stack, arithmetic_cases(1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from app.jobs.evaluation import JobContext
 from app.store import run_locks
 from tests.factories import arithmetic_cases, create_evaluation, create_test_set
 from tests.fake_model import fake_model
@@ -113,3 +114,16 @@ async def test_the_lock_connection_serves_the_feeder_and_the_watcher_at_once(
 async def _run_worker_until_cancelled(settings) -> None:
     async with worker(settings):
         await asyncio.Event().wait()
+
+
+def test_a_small_evaluation_is_cut_small_enough_for_every_worker_to_share():
+    def part_size(total_cases: int, part_cases: int = 200) -> int:
+        job = JobContext(pool=None, redis=None, redis_prefix="",
+                         model_client=None, database_url="",
+                         part_cases=part_cases, workers_per_evaluation=4)
+        return job.part_size(total_cases)
+
+    assert part_size(100_000) == 200
+    assert part_size(2_000) == 63  # 32 parts: 8 for each of 4 workers
+    assert part_size(100) == 25  # the floor
+    assert part_size(2_000, part_cases=10) == 10  # never above the setting

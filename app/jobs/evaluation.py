@@ -72,6 +72,13 @@ HELPER_MAX_TRIES = 10
 # Before running a part another runner held and left unfinished, long enough
 # for that runner to notice it lost its lock connection and stop calling.
 TAKEOVER_GRACE_S = 7.0
+# A part is cut smaller than ASSAY_PART_CASES when the evaluation is too small
+# to give every worker that may share it this many parts: runners finish
+# within about one part of each other, so fewer, larger parts leave some
+# idle while the last ones run. Never below the floor, where the queries per
+# part would start to count.
+PARTS_PER_RUNNER = 8
+MIN_PART_CASES = 25
 
 
 @dataclasses.dataclass
@@ -100,6 +107,16 @@ class JobContext:
     # (A count: an old attempt's helper may still run beside a new lead.)
     running: collections.Counter[int] = dataclasses.field(
         default_factory=collections.Counter)
+
+    def part_size(self, total_cases: int) -> int:
+        """Cases per part of an evaluation of `total_cases`.
+
+        Every runner of the evaluation works it out the same way, so all
+        workers must share ASSAY_PART_CASES and ASSAY_WORKERS_PER_EVALUATION.
+        """
+        runners_parts = self.workers_per_evaluation * PARTS_PER_RUNNER
+        return min(self.part_cases,
+                   max(MIN_PART_CASES, math.ceil(total_cases / runners_parts)))
 
     def endpoint_limit(self, model: str) -> EndpointLimit:
         """The shared limits of the endpoint a run of `model` calls."""
@@ -221,7 +238,7 @@ async def run_evaluation_part(job: JobContext, evaluation_id: int,
 async def _ask_for_helpers(job: JobContext, evaluation: EvaluationRow) -> None:
     """Queue jobs for other workers to run parts of a large evaluation."""
     parts_left = math.ceil((evaluation.total_cases - evaluation.completed_cases)
-                           / job.part_cases)
+                           / job.part_size(evaluation.total_cases))
     helpers = min(job.workers_per_evaluation, parts_left) - 1
     if helpers < 1 or job.arq is None:
         return
@@ -333,6 +350,7 @@ class _Run:
         # helper leaves unfinished; a helper ends when no part is free.
         self.lead = lead
         self.parts_run = 0
+        self.part_cases = job.part_size(evaluation.total_cases)
         # Per part being run: cases fed and not yet stored, and whether all
         # its cases have been fed; a part is let go once both are done.
         self.unstored: collections.Counter[int] = collections.Counter()
@@ -397,8 +415,8 @@ class _Run:
         """Feed the cases without a result, a part at a time, taking each
         part's lock first: a part another worker holds is left to it, and
         the lead comes back for it until it is done."""
-        part_cases = self.job.part_cases
-        left = list(range(math.ceil(self.evaluation.total_cases / part_cases)))
+        left = list(range(math.ceil(self.evaluation.total_cases
+                                    / self.part_cases)))
         seen_held: set[int] = set()
         while left and not self.stopping.is_set():
             held_elsewhere = []
@@ -425,8 +443,8 @@ class _Run:
             await self._put_unless_stopping(None)
 
     def _bounds(self, part: int) -> tuple[int, int]:
-        first = part * self.job.part_cases
-        return first, min(first + self.job.part_cases, self.evaluation.total_cases) - 1
+        first = part * self.part_cases
+        return first, min(first + self.part_cases, self.evaluation.total_cases) - 1
 
     async def _feed_part(self, part: int, first: int, last: int) -> None:
         await self._feed_part_cases(part, first, last)
@@ -590,7 +608,7 @@ class _Run:
 
     async def _let_go_of_finished_parts(self, batch: list[NewResult]) -> None:
         for result in batch:
-            part = result.position // self.job.part_cases
+            part = result.position // self.part_cases
             self.unstored[part] -= 1
             if self.unstored[part] == 0 and part in self.fed_parts:
                 del self.unstored[part]
