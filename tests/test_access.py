@@ -27,6 +27,7 @@ import pytest_asyncio
 import websockets
 
 from app import auth
+from app.server import build_schema
 from app.store import api_keys as key_store
 from tests.factories import CREATE_EVALUATION, CREATE_TEST_SET, arithmetic_cases
 from tests.stack import Stack, make_key, running_stack
@@ -176,6 +177,11 @@ OPERATIONS = [
               "mutation($id: ID!) { appendTestCases(testSetId: $id, testCases:"
               " [{input: {question: \"2 + 2?\"}}]) { id testCaseCount } }",
               _test_set_id, {"id": MISSING["ts"]}),
+    Operation("appendTestCaseLines", "editor",
+              "mutation($id: ID!) { appendTestCaseLines(testSetId: $id,"
+              " jsonLines: \"{\\\"input\\\": {\\\"question\\\": \\\"3 + 3?\\\"}}\")"
+              " { id testCaseCount } }",
+              _test_set_id, {"id": MISSING["ts"]}),
     Operation("deleteTestSet", "editor",
               "mutation($id: ID!) { deleteTestSet(id: $id) }",
               _test_set_id, {"id": MISSING["ts"]}),
@@ -202,6 +208,17 @@ OPERATIONS = [
                 subscription=True)
       for protocol in ("graphql-transport-ws", "graphql-ws")),
 ]
+
+
+def test_the_table_holds_every_operation_of_the_schema():
+    graphql_schema = build_schema()._schema
+    fields = {name for root in (graphql_schema.query_type,
+                                graphql_schema.mutation_type,
+                                graphql_schema.subscription_type)
+              for name in root.fields}
+    named = {operation.name.split(" ")[0].split("(")[0].split(".")[0]
+             for operation in OPERATIONS}
+    assert fields == named
 
 
 async def _named() -> dict[str, Any]:

@@ -141,6 +141,12 @@ async def test_page_and_request_limits_follow_their_settings(settings, model_url
             await stack.query("{ testSets(first: 6) { totalCount } }")
         with pytest.raises(GraphQLError) as cases:
             await create_test_set(stack, arithmetic_cases(4))
+        test_set = await create_test_set(stack, arithmetic_cases(1))
+        with pytest.raises(GraphQLError) as lines:
+            await stack.query(
+                "mutation($id: ID!, $lines: String!) {"
+                " appendTestCaseLines(testSetId: $id, jsonLines: $lines) { id } }",
+                id=test_set["id"], lines='{"input": {"q": 1}}\n' * 4)
         default_page = await stack.query(
             "{ testSets { edges { node { id } } } }")
 
@@ -149,6 +155,8 @@ async def test_page_and_request_limits_follow_their_settings(settings, model_url
     assert cases.value.code == "BAD_USER_INPUT"
     assert cases.value.message.startswith("input.testCases: 4 test cases in one"
                                           " request; at most 3")
+    assert lines.value.message == ("jsonLines: more than 3 test cases in one"
+                                   " request (send the rest in another)")
     assert len(default_page["testSets"]["edges"]) <= 5
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.factories import CREATE_TEST_SET, arithmetic_cases, create_test_set, unique
@@ -120,6 +122,75 @@ async def test_test_cases_written_in_the_document_keep_every_field(stack):
         assert node["input"] == {"question": question}
         assert (node["expectedOutput"], node["metadata"], node["category"]) == (
             None, None, None)
+
+
+APPEND_LINES = """
+mutation($id: ID!, $lines: String!) {
+  appendTestCaseLines(testSetId: $id, jsonLines: $lines) { testCaseCount }
+}"""
+
+
+async def test_test_cases_sent_as_json_lines_are_appended_in_order(stack):
+    created = await create_test_set(stack, arithmetic_cases(1))
+    lines = [
+        {"input": {"question": "é ‘q’ 👋", "n": [1, 2.5, None, {"k": True}]},
+         "expectedOutput": "x", "category": "lines", "metadata": {"line": 7}},
+        {"input": {"question": "bare"}},
+        {"input": {"question": "nulls"}, "expectedOutput": None,
+         "category": None, "metadata": None},
+    ]
+    text = "\n".join(json.dumps(line, ensure_ascii=False) for line in lines)
+
+    data = await stack.query(APPEND_LINES, id=created["id"],
+                             lines="\r\n\n" + text.replace("\n", "\r\n\n  \n") + "\n")
+    page = await stack.query(TEST_SET_PAGE, id=created["id"])
+
+    assert data["appendTestCaseLines"]["testCaseCount"] == 4
+    nodes = [e["node"] for e in page["testSet"]["testCases"]["edges"]][1:]
+    assert [n["input"] for n in nodes] == [line["input"] for line in lines]
+    assert [n["expectedOutput"] for n in nodes] == ["x", None, None]
+    assert [n["metadata"] for n in nodes] == [{"line": 7}, None, None]
+    assert [n["category"] for n in nodes] == [{"name": "lines"}, None, None]
+
+
+@pytest.mark.parametrize(("bad_line", "message"), [
+    ('{"input": {"q": 1}', "jsonLines line 3: not valid JSON (Expecting ',' "
+     "delimiter at column 19)"),
+    ('["input"]', "jsonLines line 3: must be a JSON object holding one test case"),
+    ('{"input": {}, "answer": "4"}', "jsonLines line 3: unknown field 'answer' "
+     "(a test case has input, expectedOutput, category and metadata)"),
+    ('{"expectedOutput": "4"}', "jsonLines line 3.input: is required"),
+    ('{"input": "2 + 2?"}', "jsonLines line 3.input: must be a JSON object of "
+     "template variables"),
+    ('{"input": {}, "expectedOutput": 4}',
+     "jsonLines line 3.expectedOutput: must be a string or null"),
+    ('{"input": {}, "category": ["a"]}',
+     "jsonLines line 3.category: must be a string or null"),
+    ('{"input": {}, "category": "  "}', "jsonLines line 3.category: must not be "
+     "empty"),
+    ('{"input": {"x": NaN}}', "jsonLines line 3: not valid JSON (NaN is not a "
+     "JSON number)"),
+    ('{"input": {"x": 1e999}}', "jsonLines line 3.input.x: inf is not a JSON "
+     "number (too large, infinite or NaN)"),
+    ('{"input": {"x": "a\\u0000b"}}', "jsonLines line 3.input.x: contains a NUL"
+     " character, which cannot be stored"),
+    ('{"input": {"x": "\\ud800"}}', "jsonLines line 3.input.x: contains a lone "
+     "surrogate, which is not valid Unicode"),
+    ('{"input": {"x": ' + json.dumps(DEEP_JSON) + '}}',
+     "jsonLines line 3.input.x" + "[0]" * 32 + ": is nested deeper than 32 levels"),
+])
+async def test_a_bad_json_line_is_named_and_nothing_is_appended(stack, bad_line,
+                                                                message):
+    created = await create_test_set(stack, arithmetic_cases(2))
+    lines = '{"input": {"q": 1}}\n\n' + bad_line + '\n{"input": {"q": 2}}'
+
+    with pytest.raises(GraphQLError) as refused:
+        await stack.query(APPEND_LINES, id=created["id"], lines=lines)
+    after = await stack.query(TEST_SET_PAGE, id=created["id"])
+
+    assert refused.value.code == "BAD_USER_INPUT"
+    assert refused.value.message == message
+    assert after["testSet"]["testCaseCount"] == 2
 
 
 async def test_test_sets_list_newest_first_with_a_total(stack):

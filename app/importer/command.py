@@ -4,14 +4,19 @@ The import runs in two passes over the file. The first reads every record and
 applies to each test case the checks the API applies, without contacting the
 server, so a bad line stops the import before anything exists. The second
 reads the file again and sends it in batches: `createTestSet` with the first
-batch, `appendTestCases` with each further one. If a request fails part-way,
+batch, `appendTestCaseLines` (the cases as JSON Lines text, far cheaper for the
+server than the same cases as GraphQL input objects) with each further one,
+reading and encoding the next batch while the server stores the last. If a
+request fails part-way,
 or the import is stopped by Ctrl-C or SIGTERM, the test set that was created
 is deleted, so a test set is either imported whole or not at all.
 
-Batches are cut by count (`--batch-size`), not by size, so a batch of very
-long test cases can exceed the server's limit on the size of a request
-(ASSAY_MAX_REQUEST_BYTES, 10 MiB by default); the import then fails and is
-undone as above, and a smaller `--batch-size` gets it through.
+Batches are cut by count (`--batch-size`) and, after the first, by size
+(BATCH_MAX_BYTES of JSON Lines, well under the server's default limit of
+10 MiB a request even once escaped in the request's JSON). The first batch and
+a server with a lower ASSAY_MAX_REQUEST_BYTES can still meet the limit; the
+import then fails and is undone as above, and a smaller `--batch-size` gets it
+through.
 
 Known shortcoming: an import killed outright (SIGKILL, a crash, a machine
 going down) cannot delete what it has sent. Its test set stays behind, visible
@@ -25,20 +30,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
+import contextlib
 import logging
 import re
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
 
-from app import validation
+from app import json_text, validation
 from app.errors import BadUserInput
 from app.importer.readers import (
     FORMATS,
@@ -52,7 +57,10 @@ from app.importer.readers import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8000/graphql"
-DEFAULT_BATCH_SIZE = 500
+DEFAULT_BATCH_SIZE = 5000
+# A JSON Lines batch grows by at most twice once put in the request's JSON
+# (each quote and backslash is escaped); twice this stays under 10 MiB.
+BATCH_MAX_BYTES = 4 * 1024 * 1024
 
 # Storing a batch of test cases takes the server one transaction; a large
 # batch on a busy database can take well over httpx's default of five seconds.
@@ -65,9 +73,11 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 
 # How the API names a test case of a request: by its index in the request's
 # list, then the field (`input.testCases[3].input.question: ...` in
-# createTestSet, `testCases[3]...` in appendTestCases).
+# createTestSet), or by its line (`jsonLines line 4.input.question: ...` in
+# appendTestCaseLines, counting from 1).
 _TEST_CASE_PATH = re.compile(
-    r"(?:input\.)?testCases\[(\d+)\](?:\.|: )(.*)", re.DOTALL)
+    r"(?:(?:input\.)?testCases\[(\d+)\]|jsonLines line (\d+))(?:\.|: )(.*)",
+    re.DOTALL)
 
 _TEST_SET_FIELDS = "id name testCaseCount categories { name }"
 
@@ -77,9 +87,9 @@ mutation CreateTestSet($input: CreateTestSetInput!) {
 }
 """ % _TEST_SET_FIELDS
 
-_APPEND_TEST_CASES = """
-mutation AppendTestCases($testSetId: ID!, $testCases: [TestCaseInput!]!) {
-  appendTestCases(testSetId: $testSetId, testCases: $testCases) { %s }
+_APPEND_TEST_CASE_LINES = """
+mutation AppendTestCaseLines($testSetId: ID!, $jsonLines: String!) {
+  appendTestCaseLines(testSetId: $testSetId, jsonLines: $jsonLines) { %s }
 }
 """ % _TEST_SET_FIELDS
 
@@ -250,11 +260,12 @@ class _Source:
                 raise _unreadable(path, error) from None
         return cls(path, file_format, options, has_header, delimiter)
 
-    def test_cases(self) -> Iterator[dict[str, Any]]:
+    def test_cases(self, *, check: bool = True) -> Iterator[dict[str, Any]]:
         try:
             yield from read_test_cases(
                 self.path, self.file_format, self.options,
-                has_header=self.has_header, delimiter=self.delimiter)
+                has_header=self.has_header, delimiter=self.delimiter,
+                check=check)
         except OSError as error:
             raise _unreadable(self.path, error) from None
 
@@ -282,11 +293,11 @@ class _AssayApi:
         return await self._mutate(
             "createTestSet", _CREATE_TEST_SET, {"input": test_set_input})
 
-    async def append_test_cases(self, test_set_id: str,
-                                test_cases: list[dict[str, Any]]) -> dict[str, Any]:
+    async def append_test_case_lines(self, test_set_id: str,
+                                     json_lines: str) -> dict[str, Any]:
         return await self._mutate(
-            "appendTestCases", _APPEND_TEST_CASES,
-            {"testSetId": test_set_id, "testCases": test_cases})
+            "appendTestCaseLines", _APPEND_TEST_CASE_LINES,
+            {"testSetId": test_set_id, "jsonLines": json_lines})
 
     async def delete_test_set(self, test_set_id: str) -> None:
         await self._mutate("deleteTestSet", _DELETE_TEST_SET, {"id": test_set_id})
@@ -363,30 +374,46 @@ async def _send(api: _AssayApi, source: _Source, name: str,
     on any failure or interruption, delete what was created."""
     test_set: dict[str, Any] | None = None
     creating: asyncio.Future[dict[str, Any]] | None = None
+    # The batch the server is storing while the next one is read, with the
+    # source line of each of its test cases.
+    appending: tuple[asyncio.Future[dict[str, Any]], list[int]] | None = None
+    # Read in a thread, so that the next batch is read and encoded while the
+    # server stores the last one.
+    # The first pass checked every case, and the server checks each again: a
+    # file changed since is refused with the line of the case.
+    batches = _batches(source.test_cases(check=False), batch_size,
+                       BATCH_MAX_BYTES)
     try:
-        for batch in _batches(source.test_cases(), batch_size):
-            lines = [case["metadata"]["source_line"] for case in batch]
-            try:
-                if test_set is None:
-                    # Shielded: if the import is interrupted while the server
-                    # stores the test set, the request still gets its answer,
-                    # which says what to delete.
-                    creating = asyncio.ensure_future(
-                        api.create_test_set(name, description, batch))
-                    test_set = await asyncio.shield(creating)
-                else:
-                    test_set = await api.append_test_cases(test_set["id"], batch)
-            except _Refused as error:
-                raise _at_source_line(error, source.path, lines) from None
-            logger.info("test set %s has %d test cases",
-                        test_set["id"], test_set["testCaseCount"])
+        while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+            test_cases, json_lines = batch
+            lines = [case["metadata"]["source_line"] for case in test_cases]
+            if test_set is None:
+                # Shielded: if the import is interrupted while the server
+                # stores the test set, the request still gets its answer,
+                # which says what to delete.
+                creating = asyncio.ensure_future(
+                    api.create_test_set(name, description, test_cases))
+                test_set = await _answer(asyncio.shield(creating), lines, source)
+                _log_stored(test_set)
+                continue
+            if appending is not None:
+                test_set = await _answer(*appending, source)
+                _log_stored(test_set)
+            appending = (asyncio.ensure_future(
+                api.append_test_case_lines(test_set["id"], json_lines)), lines)
+        if appending is not None:
+            test_set = await _answer(*appending, source)
+            _log_stored(test_set)
+            appending = None
     except (ApiError, ImportFileError) as error:
+        await _abandon(appending)
         undone = await _discard(api, test_set)
         raise _ImportAborted(f"{error}{undone}") from error
     except BaseException:
         # Interrupted (Ctrl-C or SIGTERM cancels the running task) or a bug:
         # still leave no half-imported test set behind, then let the exception
         # go on.
+        await _abandon(appending)
         if test_set is None and creating is not None:
             test_set = await _created(creating)
         logger.warning("import interrupted%s", await _discard(api, test_set))
@@ -396,6 +423,34 @@ async def _send(api: _AssayApi, source: _Source, name: str,
         # The file was checked to have test cases; it changed since.
         raise _ImportAborted(f"{source.path}: the file has no test cases")
     return test_set
+
+
+async def _answer(request: Awaitable[dict[str, Any]], lines: list[int],
+                  source: _Source) -> dict[str, Any]:
+    """The API's answer to a batch; a refusal names the file's line."""
+    try:
+        return await request
+    except _Refused as error:
+        raise _at_source_line(error, source.path, lines) from None
+
+
+async def _abandon(
+    appending: tuple[asyncio.Future[dict[str, Any]], list[int]] | None,
+) -> None:
+    """Stop waiting for a batch still being sent. Deleting the test set after
+    it is safe either way: the server stores a batch and deletes a test set
+    one after the other, and the deletion takes everything."""
+    if appending is None:
+        return
+    request = appending[0]
+    request.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ApiError):
+        await request
+
+
+def _log_stored(test_set: dict[str, Any]) -> None:
+    logger.info("test set %s has %d test cases",
+                test_set["id"], test_set["testCaseCount"])
 
 
 def _at_source_line(error: _Refused, path: Path, lines: list[int]) -> Exception:
@@ -416,10 +471,13 @@ def _at_source_line(error: _Refused, path: Path, lines: list[int]) -> Exception:
             f"make a request larger than the API accepts ({error.message}); "
             "a smaller --batch-size sends fewer at a time")
     match = _TEST_CASE_PATH.fullmatch(error.message)
-    if match is None or int(match[1]) >= len(lines):
+    if match is None:
         return error
-    return ImportFileError(path, lines[int(match[1])],
-                           f"{match[2]} (the server refused this test case)")
+    index = int(match[1]) if match[1] is not None else int(match[2]) - 1
+    if not 0 <= index < len(lines):
+        return error
+    return ImportFileError(path, lines[index],
+                           f"{match[3]} (the server refused this test case)")
 
 
 async def _created(
@@ -447,11 +505,25 @@ async def _discard(api: _AssayApi, test_set: dict[str, Any] | None) -> str:
     return f"; the partly imported test set {test_set_id} was deleted"
 
 
-def _batches(test_cases: Iterable[dict[str, Any]],
-             batch_size: int) -> Iterator[list[dict[str, Any]]]:
-    iterator = iter(test_cases)
-    while batch := list(itertools.islice(iterator, batch_size)):
-        yield batch
+def _batches(test_cases: Iterable[dict[str, Any]], batch_size: int,
+             max_bytes: int) -> Iterator[tuple[list[dict[str, Any]], str]]:
+    """The test cases in batches of at most `batch_size`, and of at most
+    `max_bytes` as JSON Lines unless one case alone is larger; each with its
+    JSON Lines text."""
+    batch: list[dict[str, Any]] = []
+    lines: list[str] = []
+    size = 0
+    for test_case in test_cases:
+        line = json_text.dumps(test_case)
+        line_size = len(line.encode()) + 1
+        if batch and (len(batch) == batch_size or size + line_size > max_bytes):
+            yield batch, "\n".join(lines)
+            batch, lines, size = [], [], 0
+        batch.append(test_case)
+        lines.append(line)
+        size += line_size
+    if batch:
+        yield batch, "\n".join(lines)
 
 
 def _new_client(api_key: str | None) -> httpx2.AsyncClient:

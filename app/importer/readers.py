@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from app import validation
+from app import json_text, validation
 from app.errors import BadUserInput
 
 logger = logging.getLogger(__name__)
@@ -199,7 +199,8 @@ def choose_mapping(
 
 
 def to_test_case(
-    path: Path | str, line: int, record: Mapping[str, Any], mapping: FieldMapping
+    path: Path | str, line: int, record: Mapping[str, Any], mapping: FieldMapping,
+    *, check: bool = True,
 ) -> dict[str, Any]:
     """Map one record to a test case shaped like the API's `TestCaseInput`.
 
@@ -234,7 +235,8 @@ def to_test_case(
         test_case["category"] = category_name
 
     test_case["metadata"] = {"source_line": line}
-    check_test_case(path, line, test_case)
+    if check:
+        check_test_case(path, line, test_case)
     return test_case
 
 
@@ -244,16 +246,13 @@ def check_test_case(
     """Apply to a test case the checks the API applies to every `TestCaseInput`,
     in the same order, so a case the API would refuse is refused here, with its
     line, before anything is sent."""
-    category = test_case.get("category")
     try:
-        validation.json_value(test_case["input"], "input")
-        validation.text(test_case.get("expectedOutput"), "expectedOutput",
-                        max_length=validation.MAX_TEXT_LENGTH)
-        validation.text(category, "category", required=category is not None,
-                        max_length=validation.MAX_NAME_LENGTH)
-        validation.json_value(test_case["metadata"], "metadata")
+        validation.test_case(
+            test_case["input"], test_case.get("expectedOutput"),
+            test_case.get("category"), test_case["metadata"], "")
     except BadUserInput as error:
-        raise ImportFileError(path, line, error.message) from None
+        # The path names the field; the line stands for the test case.
+        raise ImportFileError(path, line, error.message.removeprefix(".")) from None
 
 
 def read_test_cases(
@@ -263,11 +262,13 @@ def read_test_cases(
     *,
     has_header: bool = True,
     delimiter: str | None = None,
+    check: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """Yield the test case of every record of the file, streaming.
 
     Reading the same unchanged file twice gives the same test cases, since the
-    field mapping depends only on the first record.
+    field mapping depends only on the first record. `check=False` leaves out
+    the checks the API applies (for a file already checked).
     """
     mapping: FieldMapping | None = None
     records = read_records(path, file_format, has_header=has_header,
@@ -276,7 +277,7 @@ def read_test_cases(
         if mapping is None:
             mapping = choose_mapping(record, options)
             logger.debug("reading %s with %s", path, mapping)
-        yield to_test_case(path, line, record, mapping)
+        yield to_test_case(path, line, record, mapping, check=check)
 
 
 def _require_field(
@@ -310,7 +311,7 @@ def _optional_field(
 def _as_text(value: Any) -> str:
     if isinstance(value, str):
         return value
-    return json.dumps(value, ensure_ascii=False)
+    return json_text.dumps(value)
 
 
 # --- JSON Lines --------------------------------------------------------------

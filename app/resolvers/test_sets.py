@@ -9,6 +9,7 @@ import strawberry
 from strawberry.types import Info
 
 from app import ids, validation
+from app import json_lines as json_lines_parser
 from app.auth import EDITOR
 from app.context import Context
 from app.errors import BadUserInput, NotFound
@@ -105,6 +106,31 @@ class TestSetMutations:
         log.info("test set %s: %d cases appended", row_id, len(cases))
         return TestSet.from_row(row)
 
+    @strawberry.mutation(description="Adds test cases after the last one of a"
+                         " test set, all or nothing, from JSON Lines text: one"
+                         " test case per line, a JSON object with the fields of"
+                         " TestCaseInput. The cheapest way to send many cases"
+                         " (assay import sends its batches this way); an error"
+                         " names the line, counting from 1.")
+    async def append_test_case_lines(
+        self, info: Info[Context, None],
+        test_set_id: Annotated[strawberry.ID, strawberry.argument(
+            description="The test set to add to.")],
+        json_lines: Annotated[str, strawberry.argument(
+            description='The cases, in order, e.g. {"input": {"question":'
+            ' "2+2?"}, "expectedOutput": "4", "category": "sums"} on each'
+            " line; blank lines are skipped.")],
+    ) -> TestSet:
+        caller = require(info.context, EDITOR)
+        row_id = ids.decode(ids.Kind.TEST_SET, test_set_id, field="testSetId")
+        cases = [NewTestCase(*fields) for fields in json_lines_parser.parse_test_cases(
+            json_lines, "jsonLines", info.context.settings.max_cases_per_request)]
+
+        row = await test_set_store.append_test_cases(
+            info.context.pool, caller.workspace_id, row_id, cases)
+        log.info("test set %s: %d cases appended", row_id, len(cases))
+        return TestSet.from_row(row)
+
     @strawberry.mutation(description="Deletes a test set with its cases,"
                          " evaluations and results; returns its id.")
     async def delete_test_set(self, info: Info[Context, None],
@@ -141,19 +167,7 @@ def _test_cases(given: list[TestCaseInput], path: str,
         raise BadUserInput(
             f"{path}: {len(given)} test cases in one request; at most"
             f" {maximum} (send more with appendTestCases)")
-    cases = []
-    for index, case in enumerate(given):
-        case_path = f"{path}[{index}]"
-        if not isinstance(case.input, dict):
-            raise BadUserInput(
-                f"{case_path}.input: must be a JSON object of template variables")
-        cases.append(NewTestCase(
-            input=validation.json_value(case.input, f"{case_path}.input"),
-            expected_output=validation.text(case.expected_output,
-                                            f"{case_path}.expectedOutput"),
-            category=validation.text(case.category, f"{case_path}.category",
-                                     required=case.category is not None,
-                                     max_length=validation.MAX_NAME_LENGTH),
-            metadata=validation.json_value(case.metadata, f"{case_path}.metadata"),
-        ))
-    return cases
+    return [NewTestCase(*validation.test_case(
+                case.input, case.expected_output, case.category, case.metadata,
+                f"{path}[{index}]"))
+            for index, case in enumerate(given)]

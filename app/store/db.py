@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from app import json_text
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     for type_name in ("json", "jsonb"):
         await conn.set_type_codec(
             type_name, schema="pg_catalog",
-            encoder=lambda value: json.dumps(value, ensure_ascii=False),
+            encoder=json_text.dumps,
             decoder=json.loads,
         )
 

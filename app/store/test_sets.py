@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import asyncpg
 
+from app import json_text
 from app.errors import Conflict, NotFound
 from app.store import idempotency
 from app.store.rows import (
@@ -158,10 +158,9 @@ async def _insert_test_cases(
         "   ON c.test_set_id = $1 AND c.name = given.category",
         test_set_id,
         list(range(first_position, first_position + len(test_cases))),
-        [json.dumps(case.input, ensure_ascii=False) for case in test_cases],
+        [json_text.dumps(case.input) for case in test_cases],
         [case.expected_output for case in test_cases],
-        [None if case.metadata is None else json.dumps(case.metadata,
-                                                       ensure_ascii=False)
+        [None if case.metadata is None else json_text.dumps(case.metadata)
          for case in test_cases],
         [case.category for case in test_cases],
     )

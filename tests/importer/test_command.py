@@ -30,11 +30,12 @@ from app.importer.command import add_arguments, api_url, run
 REPO = Path(__file__).resolve().parents[2]
 DATASETS = REPO.parent / "shared" / "datasets"
 
-_MUTATION_FIELD = re.compile(r"\b(createTestSet|appendTestCases|deleteTestSet)\s*\(")
+_MUTATION_FIELD = re.compile(
+    r"\b(createTestSet|appendTestCaseLines|deleteTestSet)\s*\(")
 
 
 class FakeAssayApi:
-    """Answers createTestSet, appendTestCases and deleteTestSet like the real
+    """Answers createTestSet, appendTestCaseLines and deleteTestSet like the real
     API would for a well-formed request, and can be told to fail one call."""
 
     def __init__(self) -> None:
@@ -42,6 +43,8 @@ class FakeAssayApi:
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.authorizations: list[str | None] = []
         self.test_sets: dict[str, dict[str, Any]] = {}
+        # The test cases of each createTestSet and appendTestCaseLines.
+        self.batches: list[list[dict[str, Any]]] = []
         self.failing_call: tuple[str, int] | None = None
         self.failing_message = "test case 2 has an empty input"
         self.failing_code = "BAD_USER_INPUT"
@@ -73,9 +76,12 @@ class FakeAssayApi:
             cases = variables["input"]["testCases"]
         else:
             test_set_id = variables.get("testSetId") or variables["id"]
-            cases = variables.get("testCases")
+            cases = [json.loads(line) for line
+                     in variables.get("jsonLines", "").splitlines()]
         if test_set_id not in self.test_sets:
             return _graphql_error(f"no test set {test_set_id}", "NOT_FOUND")
+        if field != "deleteTestSet":
+            self.batches.append(cases)
 
         if field == "deleteTestSet":
             del self.test_sets[test_set_id]
@@ -146,9 +152,8 @@ async def test_cases_are_sent_in_batches_create_then_append(tmp_path, fake_api, 
 
     assert exit_code == 0
     assert fake_api.fields_called == [
-        "createTestSet", "appendTestCases", "appendTestCases"]
-    assert [len(variables.get("testCases") or variables["input"]["testCases"])
-            for _, variables in fake_api.requests] == [2, 2, 1]
+        "createTestSet", "appendTestCaseLines", "appendTestCaseLines"]
+    assert [len(batch) for batch in fake_api.batches] == [2, 2, 1]
     assert {variables.get("testSetId") for _, variables in fake_api.requests[1:]} \
         == {"ts_1"}
     assert capsys.readouterr().out == (
@@ -298,20 +303,20 @@ async def test_a_missing_named_field_sends_nothing(tmp_path, fake_api, capsys):
 async def test_a_failing_append_deletes_the_test_set_and_exits_non_zero(
         tmp_path, fake_api, capsys):
     path = write_cases(tmp_path, 5)
-    fake_api.failing_call = ("appendTestCases", 2)
+    fake_api.failing_call = ("appendTestCaseLines", 2)
 
     exit_code = await run(parse(str(path), "--name", "Arithmetic", "--url",
                                 fake_api.url, "--batch-size", "2"))
 
     assert exit_code == 1
     assert fake_api.fields_called == [
-        "createTestSet", "appendTestCases", "appendTestCases", "deleteTestSet"]
+        "createTestSet", "appendTestCaseLines", "appendTestCaseLines", "deleteTestSet"]
     assert fake_api.requests[-1][1] == {"id": "ts_1"}
     assert fake_api.test_sets == {}
     output = capsys.readouterr()
     assert output.out == ""
     assert output.err == (
-        "assay import: appendTestCases failed: test case 2 has an empty input "
+        "assay import: appendTestCaseLines failed: test case 2 has an empty input "
         "[BAD_USER_INPUT]; the partly imported test set ts_1 was deleted\n")
 
 
@@ -319,10 +324,10 @@ async def test_a_test_case_the_server_refuses_is_named_by_its_line_in_the_file(
         tmp_path, fake_api, capsys):
     path = write_cases(tmp_path, 5)
     path.write_text("\n" + path.read_text(encoding="utf-8"), encoding="utf-8")
-    fake_api.failing_call = ("appendTestCases", 1)
+    fake_api.failing_call = ("appendTestCaseLines", 1)
     fake_api.failing_message = (
-        "testCases[1].input.question: contains a NUL character, which cannot be "
-        "stored")
+        "jsonLines line 2.input.question: contains a NUL character, which cannot"
+        " be stored")
 
     exit_code = await run(parse(str(path), "--name", "Arithmetic", "--url",
                                 fake_api.url, "--batch-size", "2"))
@@ -365,7 +370,7 @@ async def test_a_refused_create_names_the_line_only_of_a_case_in_its_batch(
 
 async def test_an_interrupted_import_deletes_the_test_set(tmp_path, fake_api):
     path = write_cases(tmp_path, 5)
-    fake_api.hanging_call = ("appendTestCases", 1)
+    fake_api.hanging_call = ("appendTestCaseLines", 1)
     importing = asyncio.create_task(run(parse(
         str(path), "--name", "Arithmetic", "--url", fake_api.url,
         "--batch-size", "2")))
@@ -376,7 +381,7 @@ async def test_an_interrupted_import_deletes_the_test_set(tmp_path, fake_api):
         await importing
 
     assert fake_api.fields_called == [
-        "createTestSet", "appendTestCases", "deleteTestSet"]
+        "createTestSet", "appendTestCaseLines", "deleteTestSet"]
     assert fake_api.test_sets == {}
 
 
@@ -400,7 +405,7 @@ async def test_an_import_interrupted_while_creating_deletes_what_the_server_stor
 
 async def test_sigterm_deletes_the_test_set_and_exits_143(tmp_path, fake_api):
     path = write_cases(tmp_path, 5)
-    fake_api.hanging_call = ("appendTestCases", 1)
+    fake_api.hanging_call = ("appendTestCaseLines", 1)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "app.cli", "import", str(path), "--name",
         "Arithmetic", "--url", fake_api.url, "--batch-size", "2",
@@ -416,7 +421,7 @@ async def test_sigterm_deletes_the_test_set_and_exits_143(tmp_path, fake_api):
 
     assert process.returncode == 143
     assert fake_api.fields_called == [
-        "createTestSet", "appendTestCases", "deleteTestSet"]
+        "createTestSet", "appendTestCaseLines", "deleteTestSet"]
     assert fake_api.test_sets == {}
     assert out == b""
     assert b"the partly imported test set ts_1 was deleted" in err
@@ -525,11 +530,12 @@ def test_delimiter_must_be_one_character_other_than_quote_or_newline(
 async def test_gsm8k_is_imported_in_three_batches(fake_api, capsys):
     path = DATASETS / "gsm8k" / "test.jsonl"
 
-    exit_code = await run(parse(str(path), "--name", "GSM8K", "--url", fake_api.url))
+    exit_code = await run(parse(str(path), "--name", "GSM8K", "--url", fake_api.url,
+                                "--batch-size", "500"))
 
     assert exit_code == 0
     assert fake_api.fields_called == [
-        "createTestSet", "appendTestCases", "appendTestCases"]
+        "createTestSet", "appendTestCaseLines", "appendTestCaseLines"]
     assert capsys.readouterr().out == (
         'Created test set "GSM8K" (id ts_1) with 1319 test cases '
         "in 0 categories.\n")
@@ -574,3 +580,21 @@ def test_batch_size_must_be_a_positive_whole_number(batch_size, capsys):
     assert caught.value.code == 2
     assert "--batch-size" in capsys.readouterr().err
 
+
+
+def test_batches_are_cut_by_count_and_by_size_of_their_json_lines():
+    from app.importer.command import _batches
+
+    cases = [{"input": {"q": "é" * n}, "metadata": {"source_line": n}}
+             for n in (1, 2, 30, 1, 1, 1)]
+    lines = [json.dumps(case, ensure_ascii=False) for case in cases]
+    # Room for the first two cases in bytes (é is two), not for the third.
+    room = len(lines[0].encode()) + len(lines[1].encode()) + 2
+
+    batches = list(_batches(cases, 2, max_bytes=room))
+
+    assert [len(batch) for batch, _ in batches] == [2, 1, 2, 1]
+    assert [text for _, text in batches] == [
+        "\n".join(lines[0:2]), lines[2], "\n".join(lines[3:5]), lines[5]]
+    # A case larger than the limit alone still goes, by itself.
+    assert [len(b) for b, _ in _batches(cases, 10, max_bytes=10)] == [1] * 6
