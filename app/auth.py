@@ -20,6 +20,7 @@ import datetime
 import hashlib
 import hmac
 import secrets
+import time
 
 import asyncpg
 
@@ -87,25 +88,75 @@ async def create_key(pool: asyncpg.Pool, workspace: str, role: str, *,
     return row, key
 
 
-async def authenticate(pool: asyncpg.Pool, presented: str) -> Caller:
+async def authenticate(pool: asyncpg.Pool, presented: str,
+                       recent: RecentKeys | None = None) -> Caller:
     """The caller a presented key acts for; KeyRefused for a key that is
     unknown, revoked or expired.
 
     The key is looked up by its SHA-256 digest, never by the key itself, so
     how long the lookup takes says nothing about how much of a stored key a
     guess matched: that is what keeps the check constant in time. The final
-    compare_digest re-checks the row the index found, in constant time too."""
+    compare_digest re-checks the row the index found, in constant time too.
+
+    With `recent`, a key accepted within its max_age_s is not looked up again
+    (expiry is still checked every time).
+    """
     presented_digest = digest(presented)
-    found = await key_store.key_by_digest(pool, presented_digest)
-    if found is None or not hmac.compare_digest(found[1], presented_digest):
-        raise KeyRefused("the API key is not valid")
-    row = found[0]
+    row = recent.get(presented_digest) if recent is not None else None
+    if row is None:
+        found = await key_store.key_by_digest(pool, presented_digest)
+        if found is None or not hmac.compare_digest(found[1], presented_digest):
+            raise KeyRefused("the API key is not valid")
+        row = found[0]
     status = row.status(datetime.datetime.now(datetime.UTC))
     if status != "active":
         raise KeyRefused(f"the API key has been {status}"
                          if status == "revoked" else "the API key has expired")
+    if recent is not None:
+        recent.remember(presented_digest, row)
     return Caller(workspace_id=row.workspace_id, workspace=row.workspace,
                   role=row.role, key_id=row.id, expires_at=row.expires_at)
+
+
+class RecentKeys:
+    """The keys one API process accepted lately, so that a client's every
+    request does not cost a database query.
+
+    A key revoked through this process's API is forgotten at once. One revoked
+    any other way (`assay keys revoke`, another API process) is still accepted
+    here for up to `max_age_s`, the same time within which that process's
+    key check ends its websockets.
+    """
+
+    def __init__(self, max_age_s: float, max_keys: int = 10_000) -> None:
+        self.max_age_s = max_age_s
+        self.max_keys = max_keys
+        # digest -> (the key's row, when it was read); oldest first.
+        self._rows: dict[str, tuple[ApiKeyRow, float]] = {}
+
+    def get(self, key_digest: str) -> ApiKeyRow | None:
+        entry = self._rows.get(key_digest)
+        if entry is None:
+            return None
+        row, read_at = entry
+        if time.monotonic() - read_at > self.max_age_s:
+            del self._rows[key_digest]
+            return None
+        return row
+
+    def remember(self, key_digest: str, row: ApiKeyRow) -> None:
+        if key_digest in self._rows:
+            return  # keeps the time it was read
+        if len(self._rows) >= self.max_keys:
+            # A flood of distinct valid keys: the oldest go first.
+            del self._rows[next(iter(self._rows))]
+        self._rows[key_digest] = (row, time.monotonic())
+
+    def forget(self, key_id: int) -> None:
+        """Drop a key that has just been revoked."""
+        for key_digest in [d for d, (row, _) in self._rows.items()
+                           if row.id == key_id]:
+            del self._rows[key_digest]
 
 
 async def unauthenticated_caller(pool: asyncpg.Pool) -> Caller:

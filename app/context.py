@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
-from app.auth import Caller
+from app.auth import Caller, RecentKeys
 from app.connections import OpenConnections
 from app.errors import Unauthenticated
 from app.events import ProgressHub
@@ -121,6 +121,8 @@ class Services:
     hub: ProgressHub
     test_cases: SharedTestCases
     connections: OpenConnections
+    # Keys accepted lately (None when authentication is off).
+    recent_keys: RecentKeys | None = None
     # Who requests act as when authentication is off (ASSAY_AUTH=off).
     unauthenticated_caller: Caller | None = None
 

@@ -258,7 +258,8 @@ class AssayGraphQL(GraphQL):
 async def _caller_of(services: Services, authorization: str | None) -> auth.Caller:
     if not services.settings.auth_enabled:
         return services.unauthenticated_caller
-    return await auth.authenticate(services.pool, auth.presented_key(authorization))
+    return await auth.authenticate(services.pool, auth.presented_key(authorization),
+                                   services.recent_keys)
 
 
 def _keys_unavailable() -> JSONResponse:
@@ -364,6 +365,7 @@ def create_app(settings: Settings, *,
             app.state.services = Services(
                 settings=settings, pool=pool, arq=arq,
                 test_cases=SharedTestCases(pool), hub=hub, connections=connections,
+                recent_keys=auth.RecentKeys(settings.key_check_s),
                 unauthenticated_caller=(None if settings.auth_enabled else
                                         await auth.unauthenticated_caller(pool)))
             _log_security(settings)

@@ -541,3 +541,7 @@ async def test_a_key_revoked_elsewhere_or_expiring_ends_its_streams(world):
         assert await _closed_with(expiring_ws) == 4403
         await asyncio.sleep(0.2)
         assert len(connections) == 0
+        # Nor is the key still taken over HTTP once the same time has passed
+        # since this process last read it.
+        assert (await over_http(stack, bearer(revoked_key), "{ me { role } }",
+                                {}))[0] == "UNAUTHENTICATED"

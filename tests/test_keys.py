@@ -3,12 +3,15 @@ checked against revocation and expiry."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
+import uuid
 
 import pytest
 
 from app import auth
+from app.store import api_keys as key_store
 from tests.factories import unique
 from tests.test_cli import assay
 
@@ -90,3 +93,43 @@ def test_bad_key_commands_say_what_is_wrong(settings, args, message):
 
     assert run.returncode in (1, 2)
     assert message in run.stderr
+
+
+async def test_recent_keys_spare_the_lookup_until_they_are_old_or_revoked(pool):
+    workspace = f"recent-{uuid.uuid4().hex[:8]}"
+    row, key = await auth.create_key(pool, workspace, "viewer")
+    recent = auth.RecentKeys(max_age_s=0.5)
+
+    first = await auth.authenticate(pool, key, recent)
+    await key_store.revoke_key(pool, row.id)
+    # Within max_age_s the row read a moment ago stands for the key...
+    assert await auth.authenticate(pool, key, recent) == first
+    # ...then it is read again, and found revoked.
+    await asyncio.sleep(0.6)
+    with pytest.raises(auth.KeyRefused, match="revoked"):
+        await auth.authenticate(pool, key, recent)
+
+    # Forgetting a key (revoked through the API) reads it again at once;
+    # expiry needs no reading at all.
+    other_row, other = await auth.create_key(pool, workspace, "viewer")
+    await auth.authenticate(pool, other, recent)
+    await key_store.revoke_key(pool, other_row.id)
+    recent.forget(other_row.id)
+    with pytest.raises(auth.KeyRefused, match="revoked"):
+        await auth.authenticate(pool, other, recent)
+    ends = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=0.5)
+    _, expiring = await auth.create_key(pool, workspace, "viewer", expires_at=ends)
+    recent.max_age_s = 60
+    await auth.authenticate(pool, expiring, recent)
+    await asyncio.sleep(0.6)
+    with pytest.raises(auth.KeyRefused, match="expired"):
+        await auth.authenticate(pool, expiring, recent)
+
+
+def test_recent_keys_hold_at_most_their_limit_oldest_out_first():
+    recent = auth.RecentKeys(max_age_s=60, max_keys=2)
+    rows = [object(), object(), object()]
+    for number, row in enumerate(rows):
+        recent.remember(f"digest {number}", row)
+
+    assert [recent.get(f"digest {n}") for n in range(3)] == [None, *rows[1:]]

@@ -38,10 +38,8 @@ class ApiKeyQueries:
                       " role and the key it presented.")
     async def me(self, info: Info[Context, None]) -> CallerInfo:
         caller = info.context.authenticated
-        key = (None if caller.key_id is None else
-               await key_store.key_by_id(info.context.pool, caller.key_id))
         return CallerInfo(workspace=caller.workspace, role=ApiKeyRole(caller.role),
-                          api_key=ApiKey.from_row(key) if key else None)
+                          key_id=caller.key_id)
 
     @strawberry.field(description="The keys of the caller's workspace, oldest"
                       " first (admin only).")
@@ -90,6 +88,8 @@ class ApiKeyMutations:
             raise NotFound("id: no API key with this id")
         log.info("API key %s of workspace %r revoked by key %s", row.id,
                  row.workspace, caller.key_id)
+        if info.context.services.recent_keys is not None:
+            info.context.services.recent_keys.forget(row.id)
         await info.context.services.connections.end(row.id)
         return ApiKey.from_row(row)
 

@@ -6,8 +6,11 @@ import datetime
 import enum
 
 import strawberry
+from strawberry.types import Info
 
 from app import ids
+from app.context import Context
+from app.store import api_keys as key_store
 from app.store.api_keys import ApiKeyRow
 
 
@@ -66,8 +69,16 @@ class CreatedApiKey:
 class CallerInfo:
     workspace: str = strawberry.field(description="The workspace it acts in.")
     role: ApiKeyRole = strawberry.field(description="What it may do there.")
-    api_key: ApiKey | None = strawberry.field(
+    key_id: strawberry.Private[int | None]
+
+    @strawberry.field(
         description="The key it presented; null when authentication is off.")
+    async def api_key(self, info: Info[Context, None]) -> ApiKey | None:
+        # Read only when asked for: `me { workspace }` costs no query.
+        if self.key_id is None:
+            return None
+        row = await key_store.key_by_id(info.context.pool, self.key_id)
+        return ApiKey.from_row(row) if row else None
 
 
 @strawberry.input(description="A new API key for the caller's workspace.")
