@@ -48,6 +48,10 @@ async def main() -> int:
     figures = (json.loads(args.output.read_text()) if args.output.is_file()
                else {})
     figures.update(machine=platform.platform(), cpus=_cpu_count())
+    speed_s = _machine_speed_s()
+    print(f"machine speed: a 10-million-step Python loop takes {speed_s:.2f} s"
+          " (the same machine on another day can differ several times over;"
+          " compare figures only with this)", flush=True)
     runs = figures.setdefault("runs", {})
     failed = []
     for name in chosen:
@@ -61,7 +65,8 @@ async def main() -> int:
             failed.append(name)
         else:
             runs[name] = {"quick": args.quick,
-                          "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                          "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                          "machine_loop_s": round(speed_s, 2)}
         print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
 
     args.output.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
@@ -70,6 +75,16 @@ async def main() -> int:
         print(f"Failed: {', '.join(failed)}")
         return 1
     return 0
+
+
+def _machine_speed_s() -> float:
+    """Seconds a plain Python loop of ten million steps takes here now: a
+    figure measured on a slower day reads next to this one."""
+    started = time.perf_counter()
+    total = 0
+    for step in range(10_000_000):
+        total += step
+    return time.perf_counter() - started
 
 
 def _cpu_count() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import AsyncGenerator
 from typing import Annotated
@@ -12,6 +13,7 @@ from strawberry.types import Info
 from app import ids, progress
 from app.context import Context
 from app.schema.progress import EvaluationProgressEvent
+from app.store.rows import ProgressEventRow
 
 
 @strawberry.type
@@ -46,4 +48,30 @@ class ProgressSubscriptions:
                 if isinstance(step, progress.Snapshot):
                     yield EvaluationProgressEvent.from_snapshot(step)
                 else:
-                    yield EvaluationProgressEvent.from_row(step)
+                    yield _converted.event(step)
+
+
+class _ConvertedEvents:
+    """The GraphQL form of recent progress events, made once for all the
+    subscribers of an evaluation instead of once for each.
+
+    An event never changes once stored, and (evaluation, sequence) names it,
+    so a converted event can be shared; graphql-core only reads it.
+    """
+
+    def __init__(self, max_events: int = 4096) -> None:
+        self.max_events = max_events
+        self._events: collections.OrderedDict[
+            tuple[int, int], EvaluationProgressEvent] = collections.OrderedDict()
+
+    def event(self, row: ProgressEventRow) -> EvaluationProgressEvent:
+        key = (row.evaluation_id, row.sequence)
+        converted = self._events.get(key)
+        if converted is None:
+            converted = self._events[key] = EvaluationProgressEvent.from_row(row)
+            if len(self._events) > self.max_events:
+                self._events.popitem(last=False)
+        return converted
+
+
+_converted = _ConvertedEvents()
