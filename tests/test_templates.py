@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sys
 import tracemalloc
 
 import pytest
@@ -467,3 +469,28 @@ def test_a_long_input_can_still_be_filtered_and_printed():
     )
 
     assert int(template.render({"text": text})) > 750_000
+
+
+@pytest.mark.parametrize(("source", "plain"), [
+    ("{{ question }}", True),
+    ("Q: {{ question }}\nA: {{ case.context[0] }} {{ case['id'] }}", True),
+    ("{% for x in xs %}{{ x }}{% endfor %}", False),
+    ("{% if q %}x{% endif %}", False),
+    ("{{ q | upper }}", False),
+    ("{{ q ~ q }}", False),
+    ("{{ 'ab' * 3 }}", False),
+    ("{{ q.upper() }}", False),
+])
+def test_only_a_template_that_merely_prints_goes_without_a_time_limit(
+        source, plain, monkeypatch):
+    template = compile_template(source)
+    traced = []
+    monkeypatch.setattr(sys, "settrace", traced.append)
+
+    with contextlib.suppress(TemplateError):
+        template.render({"question": "q", "case": {"context": ["c"], "id": 1},
+                         "xs": [1], "q": "q"}, time_limit_s=1.0)
+
+    assert template.plain is plain
+    # A time limit is a tracer, set and then put back.
+    assert len(traced) == (0 if plain else 2)

@@ -477,11 +477,17 @@ class _Run:
             after_position = page[-1].position
 
     async def _put_unless_stopping(self, case: TestCaseRow | None) -> None:
+        # Waiting on two futures costs more than the rest of a case's
+        # bookkeeping; it is needed only when the queue makes one wait.
+        if not self.cases.full():
+            self.cases.put_nowait(case)
+            return
         await self._unless_stopping(self.cases.put(case))
 
     async def _call_model(self) -> None:
         while True:
-            case = await self._unless_stopping(self.cases.get())
+            case = (self.cases.get_nowait() if not self.cases.empty()
+                    else await self._unless_stopping(self.cases.get()))
             if case is None or self.stopping.is_set():
                 return
             result = await self._answer(case)
