@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 
 import asyncpg
 
@@ -103,6 +104,9 @@ async def authenticate(pool: asyncpg.Pool, presented: str,
     """
     presented_digest = digest(presented)
     row = recent.get(presented_digest) if recent is not None else None
+    # A revocation through this process while the row is being read makes
+    # that row unfit to remember.
+    revocations = recent.revocations if recent is not None else 0
     if row is None:
         found = await key_store.key_by_digest(pool, presented_digest)
         if found is None or not hmac.compare_digest(found[1], presented_digest):
@@ -112,7 +116,7 @@ async def authenticate(pool: asyncpg.Pool, presented: str,
     if status != "active":
         raise KeyRefused(f"the API key has been {status}"
                          if status == "revoked" else "the API key has expired")
-    if recent is not None:
+    if recent is not None and recent.revocations == revocations:
         recent.remember(presented_digest, row)
     return Caller(workspace_id=row.workspace_id, workspace=row.workspace,
                   role=row.role, key_id=row.id, expires_at=row.expires_at)
@@ -128,18 +132,22 @@ class RecentKeys:
     key check ends its websockets.
     """
 
-    def __init__(self, max_age_s: float, max_keys: int = 10_000) -> None:
+    def __init__(self, max_age_s: float, max_keys: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.max_age_s = max_age_s
         self.max_keys = max_keys
+        self._clock = clock
         # digest -> (the key's row, when it was read); oldest first.
         self._rows: dict[str, tuple[ApiKeyRow, float]] = {}
+        # How many keys were revoked through this process so far.
+        self.revocations = 0
 
     def get(self, key_digest: str) -> ApiKeyRow | None:
         entry = self._rows.get(key_digest)
         if entry is None:
             return None
         row, read_at = entry
-        if time.monotonic() - read_at > self.max_age_s:
+        if self._clock() - read_at > self.max_age_s:
             del self._rows[key_digest]
             return None
         return row
@@ -150,10 +158,11 @@ class RecentKeys:
         if len(self._rows) >= self.max_keys:
             # A flood of distinct valid keys: the oldest go first.
             del self._rows[next(iter(self._rows))]
-        self._rows[key_digest] = (row, time.monotonic())
+        self._rows[key_digest] = (row, self._clock())
 
     def forget(self, key_id: int) -> None:
         """Drop a key that has just been revoked."""
+        self.revocations += 1
         for key_digest in [d for d, (row, _) in self._rows.items()
                            if row.id == key_id]:
             del self._rows[key_digest]

@@ -121,7 +121,7 @@ class Services:
     hub: ProgressHub
     test_cases: SharedTestCases
     connections: OpenConnections
-    # Keys accepted lately (None when authentication is off).
+    # Keys accepted lately (None: every request reads its key).
     recent_keys: RecentKeys | None = None
     # Who requests act as when authentication is off (ASSAY_AUTH=off).
     unauthenticated_caller: Caller | None = None

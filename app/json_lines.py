@@ -39,6 +39,8 @@ def parse_test_cases(text: str, path: str, maximum: int) -> list[tuple[Any, ...]
 def _test_case(line: str, path: str) -> tuple[Any, ...]:
     try:
         fields = _DECODER.decode(line)
+    except RecursionError:
+        raise BadUserInput(f"{path}: nested too deeply to read") from None
     except ValueError as error:
         detail = (f"{error.msg} at column {error.colno}"
                   if isinstance(error, json.JSONDecodeError) else str(error))

@@ -39,14 +39,16 @@ def text(value: str | None, path: str, *, required: bool = False,
     return value
 
 
-def json_value(value: Any, path: str, *, depth: int = 0) -> Any:
+def json_value(value: Any, path: str) -> Any:
     """A JSON value PostgreSQL can store (no NUL, no lone surrogate) and
     nested no deeper than MAX_JSON_DEPTH."""
     # Nearly every value passes: look first without building the path of
     # every member (most of the cost of a bulk import), and walk again with
     # paths only to say where a refused value is wrong.
-    if not _plainly_storable(value, depth):
-        _refuse_json(value, path, depth)
+    if not _plainly_storable(value, 0):
+        _refuse_json(value, path, 0)
+        # The two walks must agree on what is refused.
+        raise BadUserInput(f"{path}: cannot be stored")
     return value
 
 

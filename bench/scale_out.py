@@ -6,11 +6,11 @@ time), timed from enqueueing it to its COMPLETED status. The workers share
 one database and one queue, and all of them are polling the queue before the
 evaluation is enqueued.
 
-The evaluation is split into parts (32 of 63 cases here: a part is cut
-smaller than ASSAY_PART_CASES so that each of the four workers that may share
-it gets about eight) and the worker that takes it queues helper jobs for the
-others. The workers, the simulator and PostgreSQL share this machine's cores:
-where those run out, more workers add little.
+The evaluation is split into parts (32 of 63 cases, or with --quick 16 of 25:
+a part is cut smaller than ASSAY_PART_CASES so that each of the four workers
+that may share it gets about eight) and the worker that takes it queues
+helper jobs for the others. The workers, the simulator and PostgreSQL share
+this machine's cores: where those run out, more workers add little.
 
     .venv/bin/python bench/scale_out.py [--quick]
 """

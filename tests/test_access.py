@@ -531,6 +531,9 @@ async def test_a_key_revoked_elsewhere_or_expiring_ends_its_streams(world):
             + datetime.timedelta(seconds=4))
         expiring_ws = await _open_stream(checked, expiring_key, "graphql-ws")
         revoked_ws = await _open_stream(checked, revoked_key, "graphql-transport-ws")
+        # Taken over HTTP, and so remembered by the API process.
+        assert (await over_http(stack, bearer(revoked_key), "{ me { role } }",
+                                {}))[0] == "OK"
         connections = stack.app.state.services.connections
         assert len(connections) == 2
 

@@ -98,32 +98,55 @@ def test_bad_key_commands_say_what_is_wrong(settings, args, message):
 async def test_recent_keys_spare_the_lookup_until_they_are_old_or_revoked(pool):
     workspace = f"recent-{uuid.uuid4().hex[:8]}"
     row, key = await auth.create_key(pool, workspace, "viewer")
-    recent = auth.RecentKeys(max_age_s=0.5)
+    now = [0.0]
+    recent = auth.RecentKeys(max_age_s=5, clock=lambda: now[0])
 
     first = await auth.authenticate(pool, key, recent)
     await key_store.revoke_key(pool, row.id)
     # Within max_age_s the row read a moment ago stands for the key...
+    now[0] = 5.0
     assert await auth.authenticate(pool, key, recent) == first
     # ...then it is read again, and found revoked.
-    await asyncio.sleep(0.6)
+    now[0] = 5.1
     with pytest.raises(auth.KeyRefused, match="revoked"):
         await auth.authenticate(pool, key, recent)
 
-    # Forgetting a key (revoked through the API) reads it again at once;
-    # expiry needs no reading at all.
+    # Forgetting a key (revoked through the API) reads it again at once.
     other_row, other = await auth.create_key(pool, workspace, "viewer")
     await auth.authenticate(pool, other, recent)
     await key_store.revoke_key(pool, other_row.id)
     recent.forget(other_row.id)
     with pytest.raises(auth.KeyRefused, match="revoked"):
         await auth.authenticate(pool, other, recent)
-    ends = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=0.5)
+
+    # Expiry needs no reading at all.
+    ends = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=0.3)
     _, expiring = await auth.create_key(pool, workspace, "viewer", expires_at=ends)
-    recent.max_age_s = 60
     await auth.authenticate(pool, expiring, recent)
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(0.4)
     with pytest.raises(auth.KeyRefused, match="expired"):
         await auth.authenticate(pool, expiring, recent)
+
+
+async def test_a_key_revoked_while_it_is_being_read_is_not_remembered(
+        pool, monkeypatch):
+    row, key = await auth.create_key(pool, f"race-{uuid.uuid4().hex[:8]}",
+                                     "viewer")
+    recent = auth.RecentKeys(max_age_s=60)
+    read_key = key_store.key_by_digest
+
+    async def read_while_revoked(*args):
+        found = await read_key(*args)  # still active when read...
+        await key_store.revoke_key(pool, row.id)
+        recent.forget(row.id)  # ...revoked through the API meanwhile
+        return found
+
+    monkeypatch.setattr(key_store, "key_by_digest", read_while_revoked)
+    await auth.authenticate(pool, key, recent)
+    monkeypatch.setattr(key_store, "key_by_digest", read_key)
+
+    with pytest.raises(auth.KeyRefused, match="revoked"):
+        await auth.authenticate(pool, key, recent)
 
 
 def test_recent_keys_hold_at_most_their_limit_oldest_out_first():

@@ -42,9 +42,12 @@ async def test_workers_share_one_evaluation_and_call_each_case_once(settings, po
                 # One job at a time each, so that a helper job cannot land on
                 # the worker running the lead (it would be sent back to the
                 # queue for another, which polls first is chance).
-                for model in models:
+                # One of them would cut parts of 7 cases: whichever leads,
+                # every runner must cut them as the lead does.
+                for model, part_cases in zip(models, (10, 10, 7)):
                     await workers.enter_async_context(worker(
-                        own.replace(openai_base_url=model.base_url),
+                        own.replace(openai_base_url=model.base_url,
+                                    part_cases=part_cases),
                         max_evaluations=1))
                 created = await create_evaluation(stack, test_set["id"],
                                                   concurrency=2)
@@ -127,3 +130,6 @@ def test_a_small_evaluation_is_cut_small_enough_for_every_worker_to_share():
     assert part_size(2_000) == 63  # 32 parts: 8 for each of 4 workers
     assert part_size(100) == 25  # the floor
     assert part_size(2_000, part_cases=10) == 10  # never above the setting
+    alone = JobContext(pool=None, redis=None, redis_prefix="", model_client=None,
+                       database_url="", part_cases=200, workers_per_evaluation=1)
+    assert alone.part_size(2_000) == 200  # nobody to share with

@@ -185,3 +185,23 @@ async def test_a_third_party_client_follows_a_run_over_graphql_transport_ws(stac
     assert events[-1]["status"] == "COMPLETED"
     assert sum(e["kind"] == "RESULT_ADDED" for e in events) == (
         25 - events[0]["completedCases"])
+
+
+def test_an_event_is_converted_once_for_the_row_every_subscriber_shares():
+    from app.resolvers.progress import _ConvertedEvents
+    from app.store.rows import ProgressEventRow
+
+    def row(score: float | None) -> ProgressEventRow:
+        return ProgressEventRow(evaluation_id=7, sequence=3, kind="STATUS_CHANGED",
+                                status="IN_PROGRESS", total_cases=2,
+                                completed_cases=1, failed_cases=0, score=score,
+                                result=None)
+
+    converted = _ConvertedEvents(max_events=2)
+    live = row(1.0)
+    # The same row (as the hub hands it to each subscriber): one conversion.
+    assert converted.event(live) is converted.event(live)
+    # The same event read again, changed since: converted anew, never stale.
+    replayed = row(None)
+    assert converted.event(replayed).score is None
+    assert converted.event(live).score == 1.0

@@ -109,11 +109,10 @@ class JobContext:
         default_factory=collections.Counter)
 
     def part_size(self, total_cases: int) -> int:
-        """Cases per part of an evaluation of `total_cases`.
-
-        Every runner of the evaluation works it out the same way, so all
-        workers must share ASSAY_PART_CASES and ASSAY_WORKERS_PER_EVALUATION.
-        """
+        """Cases per part of an evaluation of `total_cases`, as its lead cuts
+        it (helpers are told the lead's size with their job)."""
+        if self.workers_per_evaluation == 1:
+            return self.part_cases  # no one to share with
         runners_parts = self.workers_per_evaluation * PARTS_PER_RUNNER
         return min(self.part_cases,
                    max(MIN_PART_CASES, math.ceil(total_cases / runners_parts)))
@@ -159,7 +158,8 @@ async def _run_while_locked(job: JobContext, evaluation_id: int, attempt: int,
     if not resumed and not await _change_status(job, evaluation, "IN_PROGRESS",
                                                 from_statuses=("QUEUED",)):
         return "CANCELLED"
-    await _ask_for_helpers(job, evaluation)
+    part_cases = job.part_size(evaluation.total_cases)
+    await _ask_for_helpers(job, evaluation, part_cases)
     log.info("evaluation %s (workspace %s) attempt %s %s: %d cases, %d done,"
              " model %s, concurrency %d", evaluation_id, evaluation.workspace_id,
              attempt, "resumed" if resumed else "started",
@@ -174,7 +174,7 @@ async def _run_while_locked(job: JobContext, evaluation_id: int, attempt: int,
         return "FAILED"
 
     started = time.monotonic()
-    run = _Run(job, evaluation, template, scorer, lock, lead=True)
+    run = _Run(job, evaluation, template, scorer, lock, part_cases, lead=True)
     job.running[evaluation_id] += 1
     try:
         await run.execute()
@@ -190,10 +190,12 @@ async def _run_while_locked(job: JobContext, evaluation_id: int, attempt: int,
 
 
 async def run_evaluation_part(job: JobContext, evaluation_id: int,
-                              attempt: int, tries: int = 1) -> str:
+                              attempt: int, part_cases: int | None = None,
+                              tries: int = 1) -> str:
     """Help an attempt's lead: run whichever parts of the evaluation no other
     worker holds, then end. Only the lead finishes the evaluation; a helper
-    records only a fatal error."""
+    records only a fatal error. `part_cases` is the lead's part size (a job
+    queued by an older lead has none: this worker's own is used)."""
     evaluation = await evaluation_store.get_evaluation(job.pool, evaluation_id)
     if (evaluation is None or evaluation.attempt != attempt
             or evaluation.status != "IN_PROGRESS"):
@@ -217,7 +219,9 @@ async def run_evaluation_part(job: JobContext, evaluation_id: int,
     job.running[evaluation_id] += 1
     try:
         async with run_locks.part_locks(job.database_url, evaluation_id) as lock:
-            run = _Run(job, evaluation, template, scorer, lock, lead=False)
+            run = _Run(job, evaluation, template, scorer, lock,
+                       part_cases or job.part_size(evaluation.total_cases),
+                       lead=False)
             await run.execute()
     except Exception as exc:
         if _lost_database(exc):
@@ -235,15 +239,16 @@ async def run_evaluation_part(job: JobContext, evaluation_id: int,
     return run.stopped_by or "HELPED"
 
 
-async def _ask_for_helpers(job: JobContext, evaluation: EvaluationRow) -> None:
+async def _ask_for_helpers(job: JobContext, evaluation: EvaluationRow,
+                           part_cases: int) -> None:
     """Queue jobs for other workers to run parts of a large evaluation."""
     parts_left = math.ceil((evaluation.total_cases - evaluation.completed_cases)
-                           / job.part_size(evaluation.total_cases))
+                           / part_cases)
     helpers = min(job.workers_per_evaluation, parts_left) - 1
     if helpers < 1 or job.arq is None:
         return
     await queue.enqueue_helpers(job.arq, job.redis_prefix, evaluation.id,
-                                evaluation.attempt, helpers)
+                                evaluation.attempt, helpers, part_cases)
     log.info("evaluation %s attempt %s: %d helper job(s) queued for %d parts",
              evaluation.id, evaluation.attempt, helpers, parts_left)
 
@@ -343,14 +348,14 @@ async def _finish(job: JobContext, evaluation: EvaluationRow, status: str,
 class _Run:
     def __init__(self, job: JobContext, evaluation: EvaluationRow,
                  template: PromptTemplate, scorer: Scorer,
-                 lock: run_locks.RunLock, *, lead: bool) -> None:
+                 lock: run_locks.RunLock, part_cases: int, *, lead: bool) -> None:
         self.job = job
         self.lock = lock
         # The lead waits for the parts helpers hold, and takes over any a
         # helper leaves unfinished; a helper ends when no part is free.
         self.lead = lead
         self.parts_run = 0
-        self.part_cases = job.part_size(evaluation.total_cases)
+        self.part_cases = part_cases
         # Per part being run: cases fed and not yet stored, and whether all
         # its cases have been fed; a part is let go once both are done.
         self.unstored: collections.Counter[int] = collections.Counter()

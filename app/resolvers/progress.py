@@ -55,23 +55,30 @@ class _ConvertedEvents:
     """The GraphQL form of recent progress events, made once for all the
     subscribers of an evaluation instead of once for each.
 
-    An event never changes once stored, and (evaluation, sequence) names it,
-    so a converted event can be shared; graphql-core only reads it.
+    The API process receives each published event once and hands the same
+    row to every subscriber, so a conversion is kept with the row it was made
+    from and reused only for that very row. A row read again from the store
+    (a replay, after a rerun may have deleted its result) is converted anew.
     """
 
     def __init__(self, max_events: int = 4096) -> None:
         self.max_events = max_events
+        # (evaluation, sequence) -> the row and its conversion; oldest first.
         self._events: collections.OrderedDict[
-            tuple[int, int], EvaluationProgressEvent] = collections.OrderedDict()
+            tuple[int, int], tuple[ProgressEventRow, EvaluationProgressEvent]
+        ] = collections.OrderedDict()
 
     def event(self, row: ProgressEventRow) -> EvaluationProgressEvent:
         key = (row.evaluation_id, row.sequence)
-        converted = self._events.get(key)
-        if converted is None:
-            converted = self._events[key] = EvaluationProgressEvent.from_row(row)
-            if len(self._events) > self.max_events:
-                self._events.popitem(last=False)
+        kept = self._events.get(key)
+        if kept is not None and kept[0] is row:
+            return kept[1]
+        converted = EvaluationProgressEvent.from_row(row)
+        self._events[key] = (row, converted)
+        if len(self._events) > self.max_events:
+            self._events.popitem(last=False)
         return converted
 
 
+# Process-wide on purpose: an entry is found only by the row object itself.
 _converted = _ConvertedEvents()

@@ -161,8 +161,8 @@ def _categories(input: CreateTestSetInput) -> list[tuple[str, str | None]]:
 
 def _test_cases(given: list[TestCaseInput], path: str,
                 maximum: int) -> list[NewTestCase]:
-    # Larger sets are sent in batches with appendTestCases, as `assay import`
-    # does.
+    # Larger sets are sent in batches with appendTestCases or
+    # appendTestCaseLines (as `assay import` does).
     if len(given) > maximum:
         raise BadUserInput(
             f"{path}: {len(given)} test cases in one request; at most"

@@ -77,7 +77,7 @@ class FakeAssayApi:
         else:
             test_set_id = variables.get("testSetId") or variables["id"]
             cases = [json.loads(line) for line
-                     in variables.get("jsonLines", "").splitlines()]
+                     in variables.get("jsonLines", "").split("\n") if line]
         if test_set_id not in self.test_sets:
             return _graphql_error(f"no test set {test_set_id}", "NOT_FOUND")
         if field != "deleteTestSet":
