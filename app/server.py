@@ -86,6 +86,15 @@ def _code(error: GraphQLError) -> None:
         error.message = ("subscriptions are served over websockets"
                          " (graphql-transport-ws or graphql-ws), not HTTP")
         code = "BAD_USER_INPUT"
+    elif isinstance(original, db.UNAVAILABLE):
+        # Not the client's fault and not a bug: say so, so that it retries.
+        log.warning("%s: PostgreSQL is unavailable (%s)",
+                    ".".join(map(str, error.path or [])) or "a request",
+                    type(original).__name__)
+        error.message = ("the API cannot answer now: its database is"
+                         " unavailable; try again shortly")
+        code = "INTERNAL_SERVER_ERROR"
+        error.original_error = None
     elif isinstance(original, InvalidOperationTypeError):
         error.message = ("the graphql-ws subprotocol carries subscriptions only;"
                          " send queries and mutations over HTTP or"

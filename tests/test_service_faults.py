@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import shutil
 import signal
@@ -33,7 +34,7 @@ from app.settings import Settings
 from app.store import db
 from tests.conftest import ADMIN_DATABASE_URL, RUN_ID, _with_database
 from tests.factories import arithmetic_cases, create_evaluation, create_test_set
-from tests.stack import GraphQLError, free_port, running_stack, serving
+from tests.stack import GraphQLError, free_port, make_key, running_stack, serving
 from tests.test_progress import assert_contiguous, subscribe
 from tests.test_recovery import (
     start_redis,
@@ -176,6 +177,10 @@ async def test_a_postgresql_restart_mid_run_is_survived_without_restarting_a_pro
         async with (recorded_model(own.database_url, config) as (model_url, calls),
                     running_stack(own, with_worker=False) as stack):
             evaluation_id = await start_evaluation(stack, 60, concurrency=4)
+            # Never presented before the crash, so the API cannot have it in
+            # mind and must read it; the stack's own key it has just taken.
+            unseen = dataclasses.replace(stack, key=await make_key(
+                own, f"pg-{uuid.uuid4().hex[:6]}", "viewer"))
             async with worker_process(own, model_url) as worker:
                 await wait_for_progress(stack, evaluation_id, 12)
                 await crash_postgres(postgres)
@@ -184,7 +189,9 @@ async def test_a_postgresql_restart_mid_run_is_survived_without_restarting_a_pro
                 await asyncio.sleep(1.0)
                 with pytest.raises(GraphQLError) as while_down:
                     await stack.query(EVALUATION_STATE, id=evaluation_id)
-                socket_while_down = await _websocket_close_code(stack)
+                with pytest.raises(GraphQLError) as unseen_while_down:
+                    await unseen.query("{ me { role } }")
+                socket_while_down = await _websocket_close_code(unseen)
                 await postgres.start(report=lambda _: None)
                 assert postgres.url == own.database_url, "came back on another port"
                 # The API's very first query after the restart must work.
@@ -203,9 +210,12 @@ async def test_a_postgresql_restart_mid_run_is_survived_without_restarting_a_pro
         finally:
             await pool.close()
 
-    # Keys cannot be checked: a retryable refusal, not an authentication one.
-    assert while_down.value.code == "INTERNAL_SERVER_ERROR"
-    assert "database is unavailable" in while_down.value.message
+    # A retryable refusal, not an authentication one, saying why: for a key
+    # the API took a moment ago the query fails, for one it must read the
+    # key check does.
+    for refused in (while_down.value, unseen_while_down.value):
+        assert refused.code == "INTERNAL_SERVER_ERROR"
+        assert "database is unavailable" in refused.message
     assert socket_while_down == 1011
     assert after_restart["evaluation"]["totalCases"] == 60
     assert worker_ran_throughout

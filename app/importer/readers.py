@@ -324,7 +324,9 @@ def _read_jsonl(
         if not text.strip():
             continue
         try:
-            value = json.loads(text)
+            # Without its line break: a line cut short is then wrong at its
+            # end, not at column 1 of a line after it.
+            value = json.loads(text.rstrip("\r\n"))
         except json.JSONDecodeError as error:
             raise ImportFileError(
                 path, line, f"invalid JSON: {error.msg} (column {error.colno})"

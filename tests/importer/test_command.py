@@ -226,7 +226,9 @@ async def test_a_bad_file_sends_nothing_and_names_the_bad_line(
     assert exit_code == 1
     assert fake_api.requests == []
     err = capsys.readouterr().err
-    assert err.startswith(f"assay import: {path}:701: invalid JSON")
+    # The line is cut short: wrong at its end, column 35, not at column 1.
+    assert err == (f"assay import: {path}:701: invalid JSON: Expecting property"
+                   " name enclosed in double quotes (column 35)\n")
 
 
 @pytest.mark.parametrize(("line_701", "message"), [
