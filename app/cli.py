@@ -114,17 +114,14 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from app.server import create_app
+    from app.server import create_app, server_options
     from app.store import db
 
     if not await _schema_is_current(settings, db) or not await _redis_answers(
             settings):
         return 1
-    # No permessage-deflate: compressing every small progress message cost
-    # more of the API's time than sending it whole.
     config = uvicorn.Config(create_app(settings), host=args.host, port=args.port,
-                            log_config=None, ws_ping_interval=20,
-                            ws_per_message_deflate=False)
+                            log_config=None, **server_options(settings))
     await uvicorn.Server(config).serve()
     return 0
 

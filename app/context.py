@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -212,6 +213,12 @@ class Context:
     def authenticated(self) -> Caller:
         if self.caller is None:
             raise Unauthenticated("this connection has not presented an API key")
+        # A websocket's key was checked when it connected: one that has
+        # expired since does no more, even before the key check closes it.
+        expires_at = self.caller.expires_at
+        if (expires_at is not None
+                and datetime.datetime.now(datetime.UTC) >= expires_at):
+            raise Unauthenticated("the API key has expired")
         return self.caller
 
     @property

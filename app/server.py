@@ -115,6 +115,19 @@ def _is_subscription_over_http(error: GraphQLError) -> bool:
                                      " Subscription."))
 
 
+def server_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn is to serve the API, beyond where."""
+    return {
+        "ws_ping_interval": 20,
+        # Compressing every small progress message cost more of the API's
+        # time than sending it whole.
+        "ws_per_message_deflate": False,
+        # A websocket message is held to the HTTP body limit too (uvicorn
+        # closes the socket with 1009 beyond it).
+        "ws_max_size": settings.max_request_bytes,
+    }
+
+
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     settings = settings or Settings()
     # The limits' rules are made once: the validation cache is keyed by the
@@ -194,7 +207,9 @@ class AssayGraphQL(GraphQL):
         try:
             if header is not None and not isinstance(header, str):
                 raise auth.KeyRefused("authorization must be a string")
-            caller = await _caller_of(context.services, header)
+            # Read, never remembered: a socket lives on, and its key must be
+            # as fresh as the key check that watches it assumes.
+            caller = await _caller_of(context.services, header, remembered=False)
         except auth.KeyRefused as refused:
             log.info("websocket refused: %s", refused)
             raise ConnectionRejectionError(
@@ -264,11 +279,12 @@ class AssayGraphQL(GraphQL):
                        caller=request.scope.get(_CALLER))
 
 
-async def _caller_of(services: Services, authorization: str | None) -> auth.Caller:
+async def _caller_of(services: Services, authorization: str | None, *,
+                     remembered: bool = True) -> auth.Caller:
     if not services.settings.auth_enabled:
         return services.unauthenticated_caller
     return await auth.authenticate(services.pool, auth.presented_key(authorization),
-                                   services.recent_keys)
+                                   services.recent_keys if remembered else None)
 
 
 def _keys_unavailable() -> JSONResponse:

@@ -20,7 +20,7 @@ import uvicorn
 from app import auth
 from app.jobs.worker import build_worker
 from app.llm.simulator import SimulatorConfig, create_simulator_app
-from app.server import create_app
+from app.server import create_app, server_options
 from app.settings import Settings
 from app.store import db
 
@@ -32,11 +32,12 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[str]:
+async def serving(app: Any, **options: Any) -> AsyncIterator[str]:
     """Serve an ASGI app on a free loopback port; yields its base URL."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_config=None, lifespan="on"))
+                                           log_config=None, lifespan="on",
+                                           **options))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -168,7 +169,8 @@ async def running_stack(settings: Settings, *, with_worker: bool = True,
                         query_logger: Any = None) -> AsyncIterator[Stack]:
     async with contextlib.AsyncExitStack() as stack:
         app = create_app(settings, query_logger=query_logger)
-        url = await stack.enter_async_context(serving(app))
+        url = await stack.enter_async_context(
+            serving(app, **server_options(settings)))
         if with_worker:
             await stack.enter_async_context(
                 worker(settings, max_evaluations=max_evaluations))

@@ -548,3 +548,40 @@ async def test_a_key_revoked_elsewhere_or_expiring_ends_its_streams(world):
         # since this process last read it.
         assert (await over_http(stack, bearer(revoked_key), "{ me { role } }",
                                 {}))[0] == "UNAUTHENTICATED"
+
+
+async def test_a_socket_never_takes_a_key_from_what_the_api_remembers(world):
+    """A key remembered from HTTP and revoked since (as `assay keys revoke`
+    does) opens no new socket: a socket's key is always read afresh."""
+    key = await make_key(world.stack.settings, world.alpha, "viewer")
+    assert (await over_http(world.stack, bearer(key), "{ me { role } }",
+                            {}))[0] == "OK"
+    pool = world.stack.app.state.services.pool
+    await key_store.revoke_key(pool, await key_id_of(pool, key))
+
+    async with websockets.connect(world.stack.ws_url,
+                                  subprotocols=["graphql-transport-ws"]) as ws:
+        await ws.send(json.dumps({"type": "connection_init",
+                                  "payload": {"authorization": bearer(key)}}))
+        assert await _closed_with(ws) == 4403
+
+
+async def test_an_expired_key_does_nothing_more_on_a_socket_still_open(world):
+    # Keys are re-checked only every 60 s here: the socket stays open.
+    key = await make_key(
+        world.stack.settings, world.alpha, "editor",
+        expires_at=datetime.datetime.now(datetime.UTC)
+        + datetime.timedelta(seconds=1.5))
+    async with websockets.connect(world.stack.ws_url,
+                                  subprotocols=["graphql-transport-ws"]) as ws:
+        await ws.send(json.dumps({"type": "connection_init",
+                                  "payload": {"authorization": bearer(key)}}))
+        assert (await next_message(ws))["type"] == "connection_ack"
+        before = await _subscription_outcome(ws, False, "{ me { role } }", {},
+                                             operation_id="before")
+        await asyncio.sleep(1.6)
+        after = await _subscription_outcome(ws, False, "{ me { role } }", {},
+                                            operation_id="after")
+
+    assert before[0] == "OK"
+    assert after[0] == "UNAUTHENTICATED"

@@ -184,3 +184,31 @@ async def test_a_document_past_the_character_limit_is_refused_before_parsing(sta
 
     assert response.status_code == 400
     assert "ASSAY_MAX_QUERY_CHARS" in response.text
+
+
+async def test_a_websocket_message_over_the_size_limit_closes_the_socket(stack):
+    name = unique("too big")
+    too_big = stack.settings.max_request_bytes + 1
+    ws = await websockets.connect(stack.ws_url, subprotocols=["graphql-transport-ws"],
+                                  max_size=None)
+    closed_by_server = False
+    try:
+        await ws.send(json.dumps({"type": "connection_init",
+                                  "payload": stack.init_payload}))
+        await ws.recv()
+        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {
+            "query": CREATE_TEST_SET, "variables": {"input": {
+                "name": name, "description": "x" * too_big,
+                "testCases": arithmetic_cases(1)}}}}))
+        await ws.recv()
+    except (websockets.ConnectionClosed, ConnectionResetError):
+        # The server closes with 1009 while the client may still be sending,
+        # so the close frame can be lost to a reset.
+        closed_by_server = True
+    finally:
+        await ws.close()
+    names = await stack.query("{ testSets(first: 100) { edges { node { name } } } }")
+
+    assert closed_by_server
+    assert ws.close_code in (1009, 1006)
+    assert name not in {e["node"]["name"] for e in names["testSets"]["edges"]}

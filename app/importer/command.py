@@ -378,10 +378,9 @@ async def _send(api: _AssayApi, source: _Source, name: str,
     appending: tuple[asyncio.Future[dict[str, Any]], list[int]] | None = None
     # Read in a thread, so that the next batch is read and encoded while the
     # server stores the last one.
-    # The first pass checked every case, and the server checks each again: a
-    # file changed since is refused with the line of the case.
-    batches = _batches(source.test_cases(check=False), batch_size,
-                       BATCH_MAX_BYTES)
+    # Checked again: the file may have changed since the first pass, and a
+    # case that cannot even be encoded must be named by its line.
+    batches = _batches(source.test_cases(), batch_size, BATCH_MAX_BYTES)
     try:
         while (batch := await asyncio.to_thread(next, batches, None)) is not None:
             test_cases, json_lines = batch
