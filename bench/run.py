@@ -45,8 +45,7 @@ async def main() -> int:
 
     # Figures of benchmarks not run this time are kept from earlier runs;
     # "runs" says when and how each was last measured.
-    figures = (json.loads(args.output.read_text()) if args.output.is_file()
-               else {})
+    figures = _earlier_figures(args.output)
     figures.update(machine=platform.platform(), cpus=_cpu_count())
     speed_s = _machine_speed_s()
     print(f"machine speed: a 10-million-step Python loop takes {speed_s:.2f} s"
@@ -75,6 +74,20 @@ async def main() -> int:
         print(f"Failed: {', '.join(failed)}")
         return 1
     return 0
+
+
+def _earlier_figures(path: Path) -> dict:
+    """The figures a previous run wrote, if `path` holds any."""
+    if not path.is_file():
+        return {}
+    try:
+        figures = json.loads(path.read_text())
+    except ValueError:
+        figures = None
+    if not isinstance(figures, dict):
+        print(f"{path} holds no figures; starting afresh", flush=True)
+        return {}
+    return figures
 
 
 def _machine_speed_s() -> float:
