@@ -78,6 +78,9 @@ _TEST_CASE_PATH = re.compile(
     r"(?:(?:input\.)?testCases\[(\d+)\]|jsonLines line (\d+))(?:\.|: )(.*)",
     re.DOTALL)
 
+# How the API refuses a batch of more test cases than it takes at once.
+_CASES_CAP = re.compile(r"test cases in one request; at most (\d+)")
+
 _TEST_SET_FIELDS = "id name testCaseCount categories { name }"
 
 _CREATE_TEST_SET = """
@@ -195,6 +198,11 @@ async def run(args: argparse.Namespace, api_key: str | None = None) -> int:
             if isinstance(refused, _Refused) and refused.code == "UNAUTHENTICATED":
                 return _fail(f"{error}; set ASSAY_API_KEY to a key with the"
                              " editor role (`assay keys create`)")
+            cap = (_CASES_CAP.search(refused.message)
+                   if isinstance(refused, _Refused) else None)
+            if cap is not None:
+                return _fail(f"{error}; the server takes at most {cap[1]} test"
+                             f" cases a request: use --batch-size {cap[1]} or less")
             return _fail(str(error))
 
     if test_set is None:

@@ -600,3 +600,20 @@ def test_batches_are_cut_by_count_and_by_size_of_their_json_lines():
         "\n".join(lines[0:2]), lines[2], "\n".join(lines[3:5]), lines[5]]
     # A case larger than the limit alone still goes, by itself.
     assert [len(b) for b, _ in _batches(cases, 10, max_bytes=10)] == [1] * 6
+
+
+async def test_a_batch_over_the_servers_cap_says_which_batch_size_it_takes(
+        tmp_path, fake_api, capsys):
+    path = write_cases(tmp_path, 5)
+    fake_api.failing_call = ("createTestSet", 1)
+    fake_api.failing_message = ("input.testCases: 5 test cases in one request;"
+                                " at most 3 (send more with appendTestCases)")
+
+    exit_code = await run(parse(str(path), "--name", "Capped", "--url",
+                                fake_api.url))
+
+    assert exit_code == 1
+    assert fake_api.test_sets == {}
+    assert capsys.readouterr().err.endswith(
+        "the server takes at most 3 test cases a request: use --batch-size 3"
+        " or less\n")
