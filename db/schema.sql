@@ -5,7 +5,7 @@
 -- already up to date. The version below is what `serve` and `worker` require;
 -- raise it whenever this file changes.
 --
--- assay-schema-version: 6
+-- assay-schema-version: 7
 
 CREATE TABLE IF NOT EXISTS schema_version (
     version    integer PRIMARY KEY,
@@ -294,3 +294,20 @@ CREATE INDEX IF NOT EXISTS evaluations_workspace_status_idx
     ON evaluations (workspace_id, status, id DESC);
 
 INSERT INTO schema_version (version) VALUES (6) ON CONFLICT DO NOTHING;
+
+-- Version 7: an evaluation remembers how its first lead cut it into parts,
+-- so that every runner of every attempt cuts it the same way, whatever its
+-- own settings (parts cut differently would overlap, and their cases be
+-- sent to the model twice).
+-- Guarded: ALTER TABLE locks the whole table even when there is nothing to
+-- add, and workers are busy with it while an API starts.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM schema_version WHERE version >= 7) THEN
+        ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS part_cases integer
+            CHECK (part_cases > 0);
+    END IF;
+END
+$$;
+
+INSERT INTO schema_version (version) VALUES (7) ON CONFLICT DO NOTHING;

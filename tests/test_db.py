@@ -65,7 +65,7 @@ async def test_migrating_from_schema_5_gives_existing_data_to_the_default_worksp
                 "INSERT INTO idempotency_keys (operation, key, request_digest,"
                 " test_set_id) VALUES ('createTestSet', 'k', 'd', $1)", test_set)
 
-            assert await db.migrate(Settings(database_url=url)) == 6
+            assert await db.migrate(Settings(database_url=url)) == 7
 
             default = await conn.fetchval(
                 "SELECT id FROM workspaces WHERE name = 'default'")
@@ -90,7 +90,7 @@ async def test_migrating_from_schema_5_gives_existing_data_to_the_default_worksp
                     "INSERT INTO evaluations (test_set_id, workspace_id, model,"
                     " prompt_template, scorer_type, concurrency, total_cases)"
                     " VALUES ($1, $2, 'm', 't', 'NUMERIC', 1, 0)", test_set, other)
-            assert await db.migrate(Settings(database_url=url)) == 6
+            assert await db.migrate(Settings(database_url=url)) == 7
         finally:
             await conn.close()
     finally:

@@ -133,3 +133,19 @@ def test_a_small_evaluation_is_cut_small_enough_for_every_worker_to_share():
     alone = JobContext(pool=None, redis=None, redis_prefix="", model_client=None,
                        database_url="", part_cases=200, workers_per_evaluation=1)
     assert alone.part_size(2_000) == 200  # nobody to share with
+
+
+async def test_the_first_lead_settles_the_part_size_for_every_attempt(stack, pool):
+    from app.store import evaluations as evaluation_store
+
+    test_set = await create_test_set(stack, arithmetic_cases(3))
+    created = await create_evaluation(stack, test_set["id"])
+    row_id = int(created["id"].removeprefix("ev_"))
+
+    first = await evaluation_store.settle_part_size(pool, row_id, 25)
+    # A later lead (another attempt, a worker with other settings) gets the
+    # first size, not its own.
+    later = await evaluation_store.settle_part_size(pool, row_id, 500)
+    stored = await evaluation_store.get_evaluation(pool, row_id)
+
+    assert (first, later, stored.part_cases) == (25, 25, 25)

@@ -109,8 +109,8 @@ class JobContext:
         default_factory=collections.Counter)
 
     def part_size(self, total_cases: int) -> int:
-        """Cases per part of an evaluation of `total_cases`, as its lead cuts
-        it (helpers are told the lead's size with their job)."""
+        """Cases per part of an evaluation of `total_cases`, as this worker
+        would cut it leading its first run (then kept with the evaluation)."""
         if self.workers_per_evaluation == 1:
             return self.part_cases  # no one to share with
         runners_parts = self.workers_per_evaluation * PARTS_PER_RUNNER
@@ -158,7 +158,8 @@ async def _run_while_locked(job: JobContext, evaluation_id: int, attempt: int,
     if not resumed and not await _change_status(job, evaluation, "IN_PROGRESS",
                                                 from_statuses=("QUEUED",)):
         return "CANCELLED"
-    part_cases = job.part_size(evaluation.total_cases)
+    part_cases = await evaluation_store.settle_part_size(
+        job.pool, evaluation.id, job.part_size(evaluation.total_cases))
     await _ask_for_helpers(job, evaluation, part_cases)
     log.info("evaluation %s (workspace %s) attempt %s %s: %d cases, %d done,"
              " model %s, concurrency %d", evaluation_id, evaluation.workspace_id,
@@ -194,8 +195,9 @@ async def run_evaluation_part(job: JobContext, evaluation_id: int,
                               tries: int = 1) -> str:
     """Help an attempt's lead: run whichever parts of the evaluation no other
     worker holds, then end. Only the lead finishes the evaluation; a helper
-    records only a fatal error. `part_cases` is the lead's part size (a job
-    queued by an older lead has none: this worker's own is used)."""
+    records only a fatal error. Parts are cut as the evaluation's first lead
+    settled (`part_cases`, the size the job was queued with, serves only an
+    evaluation stored before sizes were settled)."""
     evaluation = await evaluation_store.get_evaluation(job.pool, evaluation_id)
     if (evaluation is None or evaluation.attempt != attempt
             or evaluation.status != "IN_PROGRESS"):
@@ -220,8 +222,8 @@ async def run_evaluation_part(job: JobContext, evaluation_id: int,
     try:
         async with run_locks.part_locks(job.database_url, evaluation_id) as lock:
             run = _Run(job, evaluation, template, scorer, lock,
-                       part_cases or job.part_size(evaluation.total_cases),
-                       lead=False)
+                       evaluation.part_cases or part_cases
+                       or job.part_size(evaluation.total_cases), lead=False)
             await run.execute()
     except Exception as exc:
         if _lost_database(exc):

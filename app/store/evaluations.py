@@ -123,6 +123,16 @@ async def get_evaluation(pool: asyncpg.Pool, evaluation_id: int, *,
     return found[0] if found else None
 
 
+async def settle_part_size(pool: asyncpg.Pool, evaluation_id: int,
+                           part_cases: int) -> int:
+    """The evaluation's cases per part: `part_cases` if none was settled
+    before, else the size its first lead settled (kept for every attempt)."""
+    settled = await pool.fetchval(
+        "UPDATE evaluations SET part_cases = coalesce(part_cases, $2)"
+        " WHERE id = $1 RETURNING part_cases", evaluation_id, part_cases)
+    return settled if settled is not None else part_cases
+
+
 async def evaluation_status(pool: asyncpg.Pool, evaluation_id: int) -> str | None:
     return await pool.fetchval(
         "SELECT status FROM evaluations WHERE id = $1", evaluation_id)

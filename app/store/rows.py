@@ -72,6 +72,8 @@ class EvaluationRow:
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    # Cases per part, once a lead has cut it (None before its first run).
+    part_cases: int | None = None
 
     @property
     def is_finished(self) -> bool:
