@@ -191,13 +191,11 @@ async def _run_while_locked(job: JobContext, evaluation_id: int, attempt: int,
 
 
 async def run_evaluation_part(job: JobContext, evaluation_id: int,
-                              attempt: int, part_cases: int | None = None,
-                              tries: int = 1) -> str:
+                              attempt: int, tries: int = 1) -> str:
     """Help an attempt's lead: run whichever parts of the evaluation no other
     worker holds, then end. Only the lead finishes the evaluation; a helper
     records only a fatal error. Parts are cut as the evaluation's first lead
-    settled (`part_cases`, the size the job was queued with, serves only an
-    evaluation stored before sizes were settled)."""
+    settled, before it queued any helper."""
     evaluation = await evaluation_store.get_evaluation(job.pool, evaluation_id)
     if (evaluation is None or evaluation.attempt != attempt
             or evaluation.status != "IN_PROGRESS"):
@@ -222,7 +220,7 @@ async def run_evaluation_part(job: JobContext, evaluation_id: int,
     try:
         async with run_locks.part_locks(job.database_url, evaluation_id) as lock:
             run = _Run(job, evaluation, template, scorer, lock,
-                       evaluation.part_cases or part_cases
+                       evaluation.part_cases
                        or job.part_size(evaluation.total_cases), lead=False)
             await run.execute()
     except Exception as exc:
@@ -250,7 +248,7 @@ async def _ask_for_helpers(job: JobContext, evaluation: EvaluationRow,
     if helpers < 1 or job.arq is None:
         return
     await queue.enqueue_helpers(job.arq, job.redis_prefix, evaluation.id,
-                                evaluation.attempt, helpers, part_cases)
+                                evaluation.attempt, helpers)
     log.info("evaluation %s attempt %s: %d helper job(s) queued for %d parts",
              evaluation.id, evaluation.attempt, helpers, parts_left)
 

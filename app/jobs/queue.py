@@ -30,12 +30,12 @@ async def connect(redis_url: str) -> ArqRedis:
 
 
 async def enqueue_helpers(arq: ArqRedis, prefix: str, evaluation_id: int,
-                          attempt: int, count: int, part_cases: int) -> None:
+                          attempt: int, count: int) -> None:
     """Queue `count` jobs that help an attempt's lead run its parts, for
-    other workers to take; each is told the lead's part size."""
+    other workers to take."""
     for helper in range(1, count + 1):
         await arq.enqueue_job(
-            RUN_EVALUATION_PART, evaluation_id, attempt, part_cases,
+            RUN_EVALUATION_PART, evaluation_id, attempt,
             _job_id=f"{job_id(prefix, evaluation_id, attempt)}:helper:{helper}",
             _queue_name=queue_name(prefix), _expires=_JOB_EXPIRES,
         )

@@ -57,10 +57,9 @@ def build_worker(settings: Settings, *, max_evaluations: int = 4,
     async def run(ctx: dict[str, Any], evaluation_id: int, attempt: int) -> str:
         return await run_evaluation(ctx["job"], evaluation_id, attempt)
 
-    async def help_run(ctx: dict[str, Any], evaluation_id: int, attempt: int,
-                       part_cases: int | None = None) -> str:
+    async def help_run(ctx: dict[str, Any], evaluation_id: int, attempt: int) -> str:
         return await run_evaluation_part(ctx["job"], evaluation_id, attempt,
-                                         part_cases, tries=ctx["job_try"])
+                                         tries=ctx["job_try"])
 
     async def startup(ctx: dict[str, Any]) -> None:
         pool = await db.create_pool(settings, application_name="assay-worker")
